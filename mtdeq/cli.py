@@ -1,0 +1,60 @@
+"""Command-line entry point: ``python -m mtdeq <stage> ...``.
+
+Every workflow rule calls one of these stages with explicit arguments, and each stage
+also runs by hand with the same command.  A stage lives in the module that implements
+it; that module exposes ``register(subparsers)`` which adds its sub-command and sets
+``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that contribute stages, in the order they appear in --help.
+STAGE_MODULES = (
+    "mtdeq.data",
+    "mtdeq.train",
+    "mtdeq.evaluate",
+    "mtdeq.tune",
+    "mtdeq.tables",
+    "mtdeq.figures",
+    "mtdeq.check",
+    "mtdeq.bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mtdeq",
+        description=(
+            "Replication suite for 'Prior for Multi-Task Inverse Problems in Image "
+            "Reconstruction Using Deep Equilibrium Models'. Each stage below is one step "
+            "of the Snakemake workflow and can be run by hand; "
+            "'python -m mtdeq <stage> --help' explains its arguments."
+        ),
+    )
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>")
+    for name in STAGE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # stage not implemented yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.stage is None else 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
