@@ -1,0 +1,249 @@
+"""Property tests for mtdeq.physics: adjointness, closed-form prox, FFT blur, PIL bicubic, init."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mtdeq import physics
+
+# (kind, params, image_shape): every kind at odd and even sizes; SR at multiples of the scale,
+# including odd LR sizes (e.g. 18x26 -> 9x13).
+CASES = [
+    ("identity", {}, (15, 17)),
+    ("identity", {}, (24, 24)),
+    ("inpaint", {"p_drop": 0.5, "seed": 3}, (15, 17)),
+    ("inpaint", {"p_drop": 0.9, "seed": 0}, (24, 24)),
+    ("blur", {"sigma": 1.6}, (15, 17)),
+    ("blur", {"sigma": 0.4}, (24, 24)),
+    ("blur", {"sigma": 2.4}, (31, 28)),
+    ("sr_bicubic", {"scale": 1}, (15, 17)),
+    ("sr_bicubic", {"scale": 2}, (18, 26)),
+    ("sr_bicubic", {"scale": 2}, (24, 24)),
+    ("sr_bicubic", {"scale": 3}, (21, 27)),
+    ("sr_bicubic", {"scale": 4}, (20, 28)),
+    ("sr_gauss", {"scale": 1, "sigma": 0.5}, (15, 17)),
+    ("sr_gauss", {"scale": 2}, (18, 24)),
+    ("sr_gauss", {"scale": 3, "sigma": 0.5}, (21, 27)),
+    ("sr_gauss", {"scale": 4, "sigma": 0.7}, (24, 20)),
+]
+IDS = [f"{k}-{'-'.join(f'{a}{b}' for a, b in p.items())}-{h}x{w}" for k, p, (h, w) in CASES]
+
+
+def _rand(shape, seed, dtype=torch.float64):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _inner(a, b):
+    return (a * b).sum(dim=(1, 2, 3))
+
+
+def _cg(apply, rhs, iters=500, tol=1e-14):
+    """Batched conjugate gradient for an SPD operator acting per image (B, 3, H, W)."""
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rr = _inner(r, r)
+    for _ in range(iters):
+        ap = apply(p)
+        alpha = rr / _inner(p, ap)
+        x = x + alpha.view(-1, 1, 1, 1) * p
+        r = r - alpha.view(-1, 1, 1, 1) * ap
+        rr_new = _inner(r, r)
+        if bool((rr_new.sqrt() <= tol * _inner(rhs, rhs).sqrt()).all()):
+            break
+        p = r + (rr_new / rr).view(-1, 1, 1, 1) * p
+        rr = rr_new
+    return x
+
+
+@pytest.mark.parametrize("kind,params,shape", CASES, ids=IDS)
+def test_adjointness(kind, params, shape):
+    op = physics.build(kind, shape, **params)
+    x = _rand((2, 3, *shape), 0)
+    y = _rand((2, 3, *op.output_shape), 1)
+    ax = op.A(x)
+    aty = op.A_adjoint(y)
+    assert ax.shape == y.shape and aty.shape == x.shape
+    lhs, rhs = _inner(ax, y), _inner(x, aty)
+    assert torch.allclose(lhs, rhs, rtol=1e-6, atol=0), (lhs, rhs)
+    # data_grad is A^T (A x - y)
+    assert torch.allclose(op.data_grad(x, y), op.A_adjoint(op.A(x) - y), atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,params,shape", CASES, ids=IDS)
+def test_prox_l2_optimality_and_cg(kind, params, shape):
+    op = physics.build(kind, shape, **params)
+    z = _rand((2, 3, *shape), 2)
+    y = _rand((2, 3, *op.output_shape), 3)
+    gamma = torch.tensor([0.05, 3.0], dtype=torch.float64).view(2, 1, 1, 1)
+    x = op.prox_l2(z, y, gamma)
+    assert x.shape == z.shape and x.dtype == torch.float64
+    # optimality: A^T (A x - y) + (x - z) / gamma = 0
+    residual = op.data_grad(x, y) + (x - z) / gamma
+    scale = (op.A_adjoint(y).abs() + (z / gamma).abs()).amax()
+    assert residual.abs().max() / scale < 1e-6
+    # agreement with an iterative solve of (A^T A + I/gamma) x = A^T y + z/gamma
+    x_cg = _cg(lambda v: op.A_adjoint(op.A(v)) + v / gamma, op.A_adjoint(y) + z / gamma)
+    assert (x - x_cg).abs().max() / x_cg.abs().max() < 1e-6
+    # a python float gamma gives the same as a constant tensor
+    x_float = op.prox_l2(z, y, 0.05)
+    assert torch.allclose(x_float[0], x[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,params,shape", CASES[::3], ids=IDS[::3])
+def test_float32_and_not_mutated(kind, params, shape):
+    op = physics.build(kind, shape, **params)
+    x64 = _rand((1, 3, *shape), 4)
+    x32 = x64.float()
+    y64 = op.A(x64)
+    y32 = op.A(x32)
+    assert y32.dtype == torch.float32 and y64.dtype == torch.float64
+    assert torch.allclose(y32.double(), y64, atol=1e-5)
+    assert op.A_adjoint(y32).dtype == torch.float32
+    assert op.prox_l2(x32, y32, 0.5).dtype == torch.float32
+    assert op.init(y32).dtype == torch.float32
+    assert torch.equal(op.A(x64), y64)  # repeated calls are identical
+    assert torch.equal(x32, x64.float())  # inputs untouched
+
+
+def _circular_conv_direct(x, kernel2d):
+    """(k * x)[n] = sum_t k[t] x[n - t] with circular boundary, kernel centred at its middle."""
+    r = kernel2d.shape[-1] // 2
+    padded = F.pad(x, (r, r, r, r), mode="circular")
+    weight = kernel2d.flip(-1, -2).expand(x.shape[1], 1, *kernel2d.shape)
+    return F.conv2d(padded, weight, groups=x.shape[1])
+
+
+@pytest.mark.parametrize("shape", [(15, 17), (24, 24), (33, 40)])
+@pytest.mark.parametrize("sigma", [0.4, 1.6, 2.4])
+def test_fft_blur_equals_direct_circular_convolution(shape, sigma):
+    op = physics.build("blur", shape, sigma=sigma)
+    t = torch.arange(-12, 13, dtype=torch.float64)
+    g = torch.exp(-t**2 / (2 * sigma**2))
+    kernel = torch.outer(g, g)
+    kernel = kernel / kernel.sum()
+    x = _rand((2, 3, *shape), 5)
+    assert torch.allclose(op.A(x), _circular_conv_direct(x, kernel), atol=1e-12)
+
+
+def test_blur_does_not_shift():
+    op = physics.build("blur", (64, 60), sigma=2.0)
+    x = torch.zeros(1, 3, 64, 60, dtype=torch.float64)
+    x[..., 31, 27] = 1.0
+    y = op.A(x)[0, 0]
+    rows, cols = torch.meshgrid(torch.arange(64.0, dtype=torch.float64),
+                                torch.arange(60.0, dtype=torch.float64), indexing="ij")
+    assert abs(float((y * rows).sum()) - 31) < 1e-9 and abs(float((y * cols).sum()) - 27) < 1e-9
+    assert abs(float(y.sum()) - 1) < 1e-12
+    assert torch.allclose(y, y.flip(0).roll(2 * 31 - 63, 0), atol=1e-15)  # symmetric about row 31
+
+
+def _pil_bicubic(img2d: np.ndarray, scale: int) -> np.ndarray:
+    im = Image.fromarray(img2d.astype(np.float32))
+    assert im.mode == "F"
+    h, w = img2d.shape
+    return np.asarray(im.resize((w // scale, h // scale), Image.BICUBIC), dtype=np.float64)
+
+
+@pytest.mark.parametrize("scale,shape", [(2, (40, 46)), (2, (48, 48)), (3, (45, 51)), (3, (48, 60))])
+def test_sr_bicubic_matches_pil(scale, shape):
+    x = _rand((1, 3, *shape), 6)
+    op = physics.build("sr_bicubic", shape, scale=scale)
+    y = op.A(x)
+    b = 4  # drop 4 LR (= 4*scale HR) pixels each side: PIL renormalises at borders, we wrap
+    for c in range(3):
+        ref = _pil_bicubic(x[0, c].numpy(), scale)
+        assert ref.shape == y.shape[-2:]
+        diff = np.abs(y[0, c].numpy() - ref)[b:-b, b:-b]
+        assert diff.max() < 1e-4, diff.max()
+
+
+def test_sr_bicubic_scale1_is_identity_and_gauss_kernel_width():
+    x = _rand((1, 3, 15, 17), 7)
+    op = physics.build("sr_bicubic", (15, 17), scale=1)
+    assert torch.allclose(op.A(x), x, atol=1e-12)
+    # std = sigma*scale >= 1 HR pixel (a sampled Gaussian of std 0.5 has a visibly smaller variance)
+    for scale, sigma in [(1, 1.0), (2, 0.5), (3, 0.5), (4, 0.7)]:
+        n = 12 * scale
+        k = physics.build("sr_gauss", (n, n), scale=scale, sigma=sigma).kernel
+        # LR pixel 0 is centred at HR coordinate (scale - 1) / 2; the kernel's second moment about
+        # that centre is the variance (sigma * scale)^2 per axis.
+        t = torch.arange(n, dtype=torch.float64)
+        t = torch.where(t > n // 2, t - n, t)  # circular offsets
+        marg = k.sum(dim=1)
+        mean = float((marg * -t).sum())
+        var = float((marg * (-t - mean) ** 2).sum())
+        assert abs(mean - (scale - 1) / 2) < 1e-4
+        assert abs(var - (sigma * scale) ** 2) < 1e-3 * (sigma * scale) ** 2
+
+
+@pytest.mark.parametrize("kind,params,shape", CASES, ids=IDS)
+def test_init_shapes(kind, params, shape):
+    op = physics.build(kind, shape, **params)
+    y = _rand((2, 3, *op.output_shape), 8)
+    x0 = op.init(y)
+    assert x0.shape == (2, 3, *shape)
+    assert op.output_shape == tuple(op.A(x0).shape[-2:])
+    assert op.kind == kind and op.image_shape == shape
+
+
+def test_init_values():
+    y = _rand((1, 3, 8, 10), 9)
+    sr = physics.build("sr_bicubic", (16, 20), scale=2)
+    expect = F.interpolate(y, size=(16, 20), mode="bilinear", align_corners=False)
+    assert torch.equal(sr.init(y), expect)
+    blur = physics.build("blur", (8, 10), sigma=1.0)
+    assert torch.equal(blur.init(y), y)
+    inp = physics.build("inpaint", (8, 10), p_drop=0.5, seed=1)
+    yy = inp.A(y)
+    x0 = inp.init(yy)
+    mask = inp.mask.bool()
+    assert torch.equal(x0[..., mask], y[..., mask])
+    assert torch.all(x0[..., ~mask] == 0.5)
+
+
+def test_inpaint_mask_determinism_and_rate():
+    a = physics.build("inpaint", (64, 80), p_drop=0.8, seed=11)
+    b = physics.build("inpaint", (64, 80), p_drop=0.8, seed=11)
+    c = physics.build("inpaint", (64, 80), p_drop=0.8, seed=12)
+    assert torch.equal(a.mask, b.mask)
+    assert not torch.equal(a.mask, c.mask)
+    for p_drop in (0.2, 0.5, 0.9):
+        m = physics.build("inpaint", (128, 128), p_drop=p_drop, seed=0).mask
+        assert abs(float(1 - m.mean()) - p_drop) < 0.02
+    # one mask per pixel, shared by the three channels
+    ax = a.A(torch.ones(2, 3, 64, 80, dtype=torch.float64))
+    assert torch.equal(ax[:, 0], ax[:, 1]) and torch.equal(ax[:, 0], ax[:, 2])
+    assert torch.equal(ax[0, 0], a.mask)
+
+
+@pytest.mark.parametrize("kind,shape,params,match", [
+    ("motion", (8, 8), {}, "motion"),
+    ("blur", (8, 8), {}, "sigma"),
+    ("blur", (8, 8), {"sigma": -1.0}, "sigma"),
+    ("blur", (8, 8), {"sigma": 1.0, "size": 5}, "size"),
+    ("inpaint", (8, 8), {"p_drop": 0.5}, "seed"),
+    ("inpaint", (8, 8), {"p_drop": 1.5, "seed": 0}, "p_drop"),
+    ("inpaint", (8, 8), {"p_drop": 0.5, "seed": -2}, "seed"),
+    ("sr_bicubic", (8, 8), {"scale": 5}, "scale"),
+    ("sr_bicubic", (8, 8), {"scale": 2.0}, "scale"),
+    ("sr_bicubic", (9, 8), {"scale": 2}, r"\(9, 8\)"),
+    ("sr_gauss", (9, 9), {"scale": 3, "sigma": 0.0}, "sigma"),
+    ("identity", (0, 8), {}, "image_shape"),
+    ("identity", (8,), {}, "image_shape"),
+])
+def test_bad_build_arguments(kind, shape, params, match):
+    with pytest.raises(ValueError, match=match):
+        physics.build(kind, shape, **params)
+
+
+def test_bad_call_arguments():
+    op = physics.build("sr_bicubic", (12, 12), scale=2)
+    with pytest.raises(ValueError, match=r"\(1, 3, 10, 12\)"):
+        op.A(torch.zeros(1, 3, 10, 12))
+    with pytest.raises(ValueError, match="y has shape"):
+        op.A_adjoint(torch.zeros(1, 3, 12, 12))
+    with pytest.raises(ValueError, match="gamma"):
+        op.prox_l2(torch.zeros(1, 3, 12, 12), torch.zeros(1, 3, 6, 6), 0.0)
