@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that contribute stages, in the order they appear in --help.
@@ -53,7 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.stage is None else 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        # Bad input (a file, key or value at fault): one clear line, no traceback.
+        # Set MTDEQ_DEBUG=1 to see the full traceback.
+        if os.environ.get("MTDEQ_DEBUG"):
+            raise
+        print(f"mtdeq {args.stage}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

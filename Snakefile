@@ -1,0 +1,46 @@
+# mtdeq: replication of "Prior for Multi-Task Inverse Problems in Image Reconstruction Using
+# Deep Equilibrium Models" as a Snakemake workflow.
+#
+#   snakemake --cores 8 all                                   quick scale (config/config.yaml)
+#   snakemake --configfile config/ci.yaml --cores 2 all       toy scale, a few minutes
+#   snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml all
+#
+# DAG: fetch -> pretrain_denoiser (Gauss prior) -> train_deq (mtdeq, st_comp, st_sr)
+#      and train_control (gauss_budget) -> tune_admm / tune_red on Set14 -> collect_tuned
+#      -> evaluate (method x task) on Set5 -> tables, figure.
+# Every rule calls one stage, `python -m mtdeq <stage> ...`, which also runs by hand.
+
+import re
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+wildcard_constraints:
+    scale=re.escape(config["scale"]),
+    task=r"[a-z0-9_.]+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/denoiser.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/table1.csv",
+        "results/table2.csv",
+        "results/table1.md",
+        "results/table2.md",
+        "results/fig2.png",
+    default_target: True

@@ -1,0 +1,169 @@
+"""Compare regenerated Tables I-II with a blessed reference, cell by cell.
+
+    python -m mtdeq check --reference results/reference/<scale> --results results --tolerance 0.05 [--bless]
+
+Only our numbers are compared (rows of kind ``ours`` and ``extra``, the ``<task>`` columns;
+never the paper's values, the differences or the derived rows, which follow from the
+compared cells).  Each cell is printed as ``table method task reference ours diff OK|FAIL``.
+The exit status is 1 when any cell differs by more than the tolerance (dB), when a reference
+cell has no value in the results, when no cell was compared at all, or when the results
+were produced at another scale than the reference (read from ``<table>.provenance.json``).
+
+``--bless`` copies the current tables (``table{1,2}.csv``, ``.md``, ``.provenance.json``)
+and ``fig2.png`` when present into the reference folder, after checking that the folder is
+named after the results' scale and does not hold another scale's reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mtdeq.tables import DELTA_SUFFIX, PAPER_SUFFIX, TABLES
+
+COMPARED_KINDS = ("ours", "extra")
+BLESSED_FILES = [f"{t}{ext}" for t in TABLES for ext in (".csv", ".md", ".provenance.json")] + ["fig2.png"]
+
+
+class CheckError(RuntimeError):
+    """The comparison cannot be made (missing files, different scales); the message says why."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One compared cell; ours is nan when the results lack it."""
+
+    table: str
+    method: str
+    task: str
+    reference: float
+    ours: float
+    tolerance: float
+
+    @property
+    def diff(self) -> float:
+        return self.ours - self.reference
+
+    @property
+    def ok(self) -> bool:
+        return math.isfinite(self.ours) and abs(self.diff) <= self.tolerance + 1e-9
+
+
+def read_scale(folder: Path, table: str) -> str:
+    """The ``scale`` recorded in ``<folder>/<table>.provenance.json``."""
+    path = folder / f"{table}.provenance.json"
+    if not path.is_file():
+        raise CheckError(f"{path}: provenance file not found (written by the tables stage)")
+    scale = json.loads(path.read_text()).get("scale")
+    if not scale:
+        raise CheckError(f"{path}: no 'scale' key")
+    return str(scale)
+
+
+def our_cells(path: Path) -> dict[tuple[str, str], float]:
+    """{(method key, task): our value} for the compared rows of one table CSV (empty cells skipped)."""
+    if not path.is_file():
+        raise CheckError(f"{path}: table not found")
+    table = pd.read_csv(path)
+    for column in ("key", "kind"):
+        if column not in table.columns:
+            raise CheckError(f"{path}: no column {column!r}; not a table written by the tables stage")
+    tasks = [c for c in table.columns[3:] if not c.endswith(PAPER_SUFFIX) and not c.endswith(DELTA_SUFFIX)]
+    cells = {}
+    for _, row in table[table["kind"].isin(COMPARED_KINDS)].iterrows():
+        for task in tasks:
+            if pd.notna(row[task]):
+                cells[(row["key"], task)] = float(row[task])
+    return cells
+
+
+def compare(reference: Path, results: Path, tolerance: float) -> list[Cell]:
+    """Every reference cell against the results; raises CheckError when the scales differ."""
+    cells = []
+    for table in TABLES:
+        ref_scale, our_scale = read_scale(reference, table), read_scale(results, table)
+        if ref_scale != our_scale:
+            raise CheckError(
+                f"{table}: the reference {reference} is for scale {ref_scale!r} but the results in "
+                f"{results} were produced at scale {our_scale!r}; compare like with like"
+            )
+        ours = our_cells(results / f"{table}.csv")
+        for (method, task), value in our_cells(reference / f"{table}.csv").items():
+            cells.append(Cell(table, method, task, value, ours.get((method, task), math.nan), tolerance))
+    return cells
+
+
+def bless(reference: Path, results: Path) -> list[Path]:
+    """Copy the current tables (and fig2.png when present) into ``reference``; return the copies."""
+    from mtdeq.io import atomic_write_bytes
+
+    scales = {read_scale(results, table) for table in TABLES}
+    if len(scales) != 1:
+        raise CheckError(f"{results}: tables come from different scales {sorted(scales)}")
+    scale = scales.pop()
+    if reference.name != scale:
+        raise CheckError(
+            f"--reference {reference}: the folder must be named after the results' scale {scale!r} "
+            f"(results/reference/{scale})"
+        )
+    if (reference / "table1.provenance.json").is_file():
+        old = read_scale(reference, "table1")
+        if old != scale:
+            raise CheckError(f"{reference} holds a reference for scale {old!r}; refusing to overwrite with {scale!r}")
+    copied = []
+    for name in BLESSED_FILES:
+        source = results / name
+        if source.is_file():
+            copied.append(atomic_write_bytes(reference / name, source.read_bytes()))
+        elif name != "fig2.png":
+            raise CheckError(f"{source}: missing; run the tables stage before --bless")
+    return copied
+
+
+def run_check(reference: str | Path, results: str | Path, tolerance: float, *, do_bless: bool = False) -> int:
+    """Print every cell and return the exit status (0 = all within tolerance)."""
+    reference, results = Path(reference), Path(results)
+    try:
+        if do_bless:
+            for path in bless(reference, results):
+                print(f"blessed {path}")
+            return 0
+        cells = compare(reference, results, tolerance)
+    except CheckError as err:
+        print(f"check: ERROR: {err}")
+        return 1
+    print(f"{'table':7} {'method':26} {'task':16} {'reference':>9} {'ours':>9} {'diff':>7}")
+    for c in cells:
+        status = "OK" if c.ok else ("FAIL (missing in results)" if math.isnan(c.ours) else "FAIL")
+        print(f"{c.table:7} {c.method:26} {c.task:16} {c.reference:9.2f} {c.ours:9.2f} {c.diff:+7.2f} {status}")
+    failed = [c for c in cells if not c.ok]
+    if not cells:
+        print(f"check: FAIL: zero cells compared (reference {reference} has no values)")
+        return 1
+    verdict = "FAIL" if failed else "OK"
+    print(f"check: {verdict}: {len(cells) - len(failed)}/{len(cells)} cell(s) within ±{tolerance} dB")
+    return 1 if failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_check(args.reference, args.results, args.tolerance, do_bless=args.bless)
+
+
+def register(subparsers) -> None:
+    """Add the ``check`` stage."""
+    p = subparsers.add_parser(
+        "check",
+        help="compare results/table{1,2}.csv with a blessed reference cell by cell (or --bless it)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--reference", required=True, help="blessed folder, e.g. results/reference/ci")
+    p.add_argument("--results", default="results", help="folder with the regenerated tables (default results)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="largest allowed |ours - reference| in dB")
+    p.add_argument("--bless", action="store_true", help="copy the current tables into --reference instead")
+    p.set_defaults(func=_run)

@@ -1,0 +1,286 @@
+"""Tables I and II: mean Set5 PSNR per (method, task), beside the paper's reported values.
+
+Input: the per-image CSVs ``<eval-dir>/<method>/<task>.csv`` of the evaluate stage and the
+paper's numbers ``results/paper/paper_tables.csv`` (long: table, method, task, psnr).
+For table t in {table1, table2} the stage writes into --out-dir:
+
+``<t>.csv`` (machine-readable, one row per method in the paper's order)
+    columns ``method`` (the paper's row label), ``key`` (method name of the eval CSVs),
+    ``kind`` and, for every task of the table in the paper's column order, three columns:
+    ``<task>`` (ours: mean PSNR over the images, dB), ``<task> paper`` (the paper's value)
+    and ``<task> Δ`` (ours - paper).  Empty cell = not available.  ``kind`` is
+      ours     a method we run (RED, ST Comp, ST SR, Gauss, Gauss + same budget, Proposed);
+      paper    reported by the paper only, never run by us (pnP-ReG);
+      derived  a difference of two rows ("Proposed vs. Gauss" = Proposed - Gauss, for ours
+               and for the paper; "Proposed vs. Gauss + same budget", ours only);
+      extra    any other method found in the eval dir (a labelled extra analysis).
+``<t>.provenance.json``
+    scale, code version (git commit, versions), the config given by --config-json, the
+    number and names of the images behind every cell, and the column description.
+``<t>.md``
+    a header naming the scale that produced our numbers, a table of ours with the paper's
+    value in parentheses (bold = best, underlined = second best among kind "ours", per
+    column, on the values as printed), and a table of the differences ours - paper.
+
+A method with no eval CSVs keeps its row when the paper reports it (our cells empty) and is
+dropped otherwise; cheap scales may skip methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mtdeq.evaluate import CSV_COLUMNS
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: ``key`` = eval method name, ``label`` = the paper's row name, ``kind`` (see module doc)."""
+
+    key: str
+    label: str
+    kind: str
+
+
+ROWS = (
+    Row("red", "RED", "ours"),
+    Row("st_comp", "ST Comp", "ours"),
+    Row("st_sr", "ST SR", "ours"),
+    Row("gauss", "Gauss", "ours"),
+    Row("gauss_budget", "Gauss + same budget", "ours"),
+    Row("pnp_reg", "pnP-ReG (paper-reported only)", "paper"),
+    Row("proposed", "Proposed", "ours"),
+    Row("proposed_vs_gauss", "Proposed vs. Gauss", "derived"),
+    Row("proposed_vs_gauss_budget", "Proposed vs. Gauss + same budget", "derived"),
+)
+DERIVED = {"proposed_vs_gauss": ("proposed", "gauss"), "proposed_vs_gauss_budget": ("proposed", "gauss_budget")}
+TABLES = {"table1": "Table I", "table2": "Table II"}
+TASK_LABELS = {
+    "comp80": "Completion 80%",
+    "comp90": "Completion 90%",
+    "blur1.6": "Deblur σ_blur=1.6",
+    "blur2.0": "Deblur σ_blur=2.0",
+}
+for _f in (2, 3):
+    for _kernel, _name in (("bicubic", "bicubic"), ("gauss", "Gaussian")):
+        for _n, _sigma in (("n0", "0.00"), ("n1", "0.01")):
+            TASK_LABELS[f"sr{_f}_{_kernel}_{_n}"] = f"{_f}x SR {_name} σ_n={_sigma}"
+PAPER_SUFFIX, DELTA_SUFFIX = " paper", " Δ"
+
+
+def read_paper(path: str | Path) -> pd.DataFrame:
+    """The paper's numbers as a long table (table, method, task, psnr), file order kept."""
+    table = pd.read_csv(path)
+    expected = ["table", "method", "task", "psnr"]
+    if list(table.columns) != expected:
+        raise ValueError(f"{path}: columns {list(table.columns)}, expected {expected}")
+    unknown = set(table["table"]) - set(TABLES)
+    if unknown:
+        raise ValueError(f"{path}: unknown table name(s) {sorted(unknown)}; expected {list(TABLES)}")
+    return table
+
+
+def table_tasks(paper: pd.DataFrame, table: str) -> list[str]:
+    """Task columns of ``table`` in the paper's order (the order of first appearance in the paper file)."""
+    return list(dict.fromkeys(paper.loc[paper["table"] == table, "task"]))
+
+
+def read_eval_dir(eval_dir: str | Path) -> pd.DataFrame:
+    """All per-image rows of ``<eval_dir>/<method>/<task>.csv`` in one long table."""
+    eval_dir = Path(eval_dir)
+    files = sorted(eval_dir.glob("*/*.csv"))
+    if not files:
+        raise FileNotFoundError(f"{eval_dir}: no per-image CSVs (<method>/<task>.csv) found")
+    frames = []
+    for path in files:
+        frame = pd.read_csv(path)
+        missing = [c for c in CSV_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; expected {CSV_COLUMNS}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def mean_psnr(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Mean PSNR per (method, task): columns method, task, psnr, n_images, images (sorted names)."""
+    groups = per_image.groupby(["method", "task"], sort=True)
+    return groups.agg(
+        psnr=("psnr", "mean"),
+        n_images=("image", "size"),
+        images=("image", lambda s: tuple(sorted(s))),
+    ).reset_index()
+
+
+def build_table(means: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The wide table (see module doc) for ``table`` from mean PSNRs and the paper's numbers."""
+    tasks = table_tasks(paper, table)
+    ours = {(m, t): v for m, t, v in zip(means["method"], means["task"], means["psnr"]) if t in tasks}
+    sub = paper[paper["table"] == table]
+    theirs = {(m, t): v for m, t, v in zip(sub["method"], sub["task"], sub["psnr"])}
+    our_methods = {m for m, _ in ours}
+    paper_methods = {m for m, _ in theirs}
+    known = {row.key for row in ROWS}
+    rows = list(ROWS) + [Row(m, f"{m} (extra)", "extra") for m in sorted(our_methods - known)]
+
+    def cell(source: dict, key: str, task: str) -> float:
+        if key in DERIVED:
+            a, b = DERIVED[key]
+            return source.get((a, task), math.nan) - source.get((b, task), math.nan)
+        return source.get((key, task), math.nan)
+
+    records = []
+    for row in rows:
+        if row.kind == "derived":
+            a, b = DERIVED[row.key]
+            present = {a, b} <= our_methods or {a, b} <= paper_methods
+        else:
+            present = row.key in our_methods or row.key in paper_methods
+        if not present:
+            continue
+        record = {"method": row.label, "key": row.key, "kind": row.kind}
+        for task in tasks:
+            mine = math.nan if row.kind == "paper" else cell(ours, row.key, task)
+            reported = cell(theirs, row.key, task)
+            record[task] = mine
+            record[task + PAPER_SUFFIX] = reported
+            record[task + DELTA_SUFFIX] = mine - reported
+        records.append(record)
+    columns = ["method", "key", "kind"] + [c for t in tasks for c in (t, t + PAPER_SUFFIX, t + DELTA_SUFFIX)]
+    return pd.DataFrame(records, columns=columns)
+
+
+def _fmt(value: float, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def ranks(table: pd.DataFrame, task: str) -> tuple[float | None, float | None]:
+    """(best, second best) of the printed (2-decimal) values of kind 'ours' rows in column ``task``."""
+    values = table.loc[table["kind"] == "ours", task].dropna().round(2)
+    distinct = sorted(set(values), reverse=True)
+    return (distinct[0] if distinct else None, distinct[1] if len(distinct) > 1 else None)
+
+
+def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lines: list[str]) -> str:
+    """Markdown: header, ours (paper) table with bold best / underlined second, Δ table."""
+    best = {task: ranks(table, task) for task in tasks}
+    head = "| Method | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |"
+    rule = "|---|" + "---:|" * len(tasks)
+    lines = [f"## {title}", "", *header_lines, "", head, rule]
+    for _, row in table.iterrows():
+        signed = row["kind"] == "derived"
+        cells = []
+        for task in tasks:
+            mine = _fmt(row[task], signed)
+            if row["kind"] == "ours" and mine != "—":
+                first, second = best[task]
+                if round(row[task], 2) == first:
+                    mine = f"**{mine}**"
+                elif round(row[task], 2) == second:
+                    mine = f"<u>{mine}</u>"
+            reported = _fmt(row[task + PAPER_SUFFIX], signed)
+            cells.append(mine if reported == "—" else f"{mine} ({reported})")
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    lines += ["", f"### {title}: ours − paper (dB)", "", head, rule]
+    for _, row in table.iterrows():
+        deltas = [_fmt(row[t + DELTA_SUFFIX], True) for t in tasks]
+        if all(d == "—" for d in deltas):
+            continue
+        lines.append(f"| {row['method']} | " + " | ".join(deltas) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """Inputs of the tables stage."""
+
+    eval_dir: str
+    paper: str
+    scale: str
+    out_dir: str
+    config_json: str | None = None
+
+
+def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
+    """Write <table>.csv, <table>.md, <table>.provenance.json for Tables I and II; return the tables."""
+    from mtdeq.io import atomic_write_text, provenance
+
+    paper = read_paper(settings.paper)
+    per_image = read_eval_dir(settings.eval_dir)
+    means = mean_psnr(per_image)
+    config = None
+    if settings.config_json:
+        config = json.loads(Path(settings.config_json).read_text())
+    record = provenance(config)
+    commit = record["git_commit"][:10] + (" (uncommitted changes)" if record.get("git_dirty") else "")
+    out_dir = Path(settings.out_dir)
+    result = {}
+    for name, title in TABLES.items():
+        tasks = table_tasks(paper, name)
+        table = build_table(means, paper, name)
+        cells = means[means["task"].isin(tasks)]
+        for task, group in cells.groupby("task"):
+            if len(set(group["images"])) > 1:
+                print(f"WARNING: {name} {task}: methods were evaluated on different image sets: "
+                      + "; ".join(f"{m}={list(i)}" for m, i in zip(group["method"], group["images"])))
+        n_images = sorted(set(cells["n_images"]))
+        sidecar = {
+            "table": name,
+            "title": title,
+            "scale": settings.scale,
+            "eval_dir": str(settings.eval_dir),
+            "paper": str(settings.paper),
+            "config_json": settings.config_json,
+            "columns": "method, key, kind, then per task: <task> (ours, mean PSNR dB), "
+            "'<task> paper', '<task> Δ' (ours - paper); see mtdeq/tables.py",
+            "cells": [
+                {"method": m, "task": t, "psnr": p, "n_images": int(n), "images": list(i)}
+                for m, t, p, n, i in cells[["method", "task", "psnr", "n_images", "images"]].itertuples(index=False)
+            ],
+            "provenance": record,
+        }
+        header = [
+            f"Ours: scale **{settings.scale}**, git {commit}, torch {record['torch']}, "
+            f"{'/'.join(map(str, n_images)) or 0} test image(s) per cell"
+            + (f", config `{settings.config_json}`" if settings.config_json else "") + ".",
+            "Cells: ours (paper), mean PSNR in dB. **Bold** best, <u>underlined</u> second best "
+            "among the methods we ran; pnP-ReG is the paper's number only (we do not run it).",
+        ]
+        atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.2f"))
+        atomic_write_text(out_dir / f"{name}.provenance.json", json.dumps(sidecar, indent=2) + "\n")
+        atomic_write_text(out_dir / f"{name}.md", to_markdown(table, tasks, title=f"{title} — scale {settings.scale}",
+                                                              header_lines=header))
+        result[name] = table
+    return result
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = TableSettings(eval_dir=args.eval_dir, paper=args.paper, scale=args.scale,
+                             out_dir=args.out_dir, config_json=args.config_json)
+    tables = make_tables(settings)
+    for name, table in tables.items():
+        print(f"{name}: {len(table)} row(s) -> {Path(args.out_dir) / name}.{{csv,md,provenance.json}}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``tables`` stage."""
+    p = subparsers.add_parser(
+        "tables",
+        help="Tables I and II (CSV, Markdown, provenance) from the per-image eval CSVs, beside the paper",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--eval-dir", required=True, help="folder of <method>/<task>.csv, e.g. results/quick/eval")
+    p.add_argument("--paper", required=True, help="results/paper/paper_tables.csv")
+    p.add_argument("--scale", required=True, help="name of the scale that produced the eval CSVs (ci, quick, ...)")
+    p.add_argument("--config-json", default=None, help="JSON dump of the run's config, stored in the provenance")
+    p.add_argument("--out-dir", required=True, help="where table{1,2}.{csv,md,provenance.json} go, e.g. results")
+    p.set_defaults(func=_run)

@@ -1,0 +1,95 @@
+"""`mtdeq check`: cell-by-cell comparison with a blessed reference, and --bless."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mtdeq import tables as tb
+from mtdeq.check import run_check
+from mtdeq.cli import main
+
+PAPER = Path(__file__).resolve().parents[1] / "results" / "paper" / "paper_tables.csv"
+OURS = {"red": 26.0, "gauss": 29.0, "proposed": 30.0}
+TASKS = ("comp80", "blur1.6", "sr2_bicubic_n1")
+
+
+def make_results(root: Path, scale: str = "ci", shift: dict | None = None) -> Path:
+    """Eval CSVs (one image per cell) -> tables in <root>/results, at ``scale``; shift[(method, task)] adds dB."""
+    shift = shift or {}
+    for method, value in OURS.items():
+        for task in TASKS:
+            folder = root / "eval" / method
+            folder.mkdir(parents=True, exist_ok=True)
+            psnr = value + shift.get((method, task), 0.0)
+            pd.DataFrame([{"image": "baby", "method": method, "task": task, "sigma_noise": 0.0, "psnr": psnr,
+                           "ssim": 0.9, "iterations": 5, "seconds": 0.1}]).to_csv(folder / f"{task}.csv", index=False)
+    tb.make_tables(tb.TableSettings(str(root / "eval"), str(PAPER), scale, str(root / "results")))
+    return root / "results"
+
+
+@pytest.fixture
+def blessed(tmp_path):
+    """Results at scale ci, blessed into <tmp>/reference/ci (with a fig2.png)."""
+    results = make_results(tmp_path / "run0")
+    (results / "fig2.png").write_bytes(b"\x89PNG fake")
+    reference = tmp_path / "reference" / "ci"
+    rc = main(["check", "--reference", str(reference), "--results", str(results), "--bless"])
+    assert rc == 0
+    return reference
+
+
+def test_bless_writes_reference(blessed):
+    names = sorted(p.name for p in blessed.iterdir())
+    assert names == sorted(["fig2.png", "table1.csv", "table1.md", "table1.provenance.json",
+                            "table2.csv", "table2.md", "table2.provenance.json"])
+    assert json.loads((blessed / "table1.provenance.json").read_text())["scale"] == "ci"
+
+
+def test_identical_tables_pass_and_print_every_cell(blessed, tmp_path, capsys):
+    results = make_results(tmp_path / "run1")
+    assert run_check(blessed, results, 0.05) == 0
+    out = capsys.readouterr().out
+    assert "check: OK: 9/9 cell(s)" in out  # 3 methods x 3 tasks, paper-only and derived rows excluded
+    assert out.count(" OK") >= 9 and "proposed" in out and "sr2_bicubic_n1" in out
+
+
+def test_cell_beyond_tolerance_fails(blessed, tmp_path, capsys):
+    results = make_results(tmp_path / "run1", shift={("gauss", "blur1.6"): 0.1})
+    assert run_check(blessed, results, 0.05) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "8/9" in out
+    assert run_check(blessed, results, 0.2) == 0  # within a looser tolerance
+    results = make_results(tmp_path / "run2", shift={("gauss", "blur1.6"): 0.04})
+    assert run_check(blessed, results, 0.05) == 0
+
+
+def test_missing_cell_fails(blessed, tmp_path, capsys):
+    results = make_results(tmp_path / "run1")
+    table = pd.read_csv(results / "table1.csv")
+    table.loc[table["key"] == "red", "comp80"] = float("nan")
+    table.to_csv(results / "table1.csv", index=False)
+    assert run_check(blessed, results, 0.05) == 1
+    assert "missing in results" in capsys.readouterr().out
+
+
+def test_zero_compared_cells_fail(blessed, tmp_path, capsys):
+    results = make_results(tmp_path / "run1")
+    for name in ("table1.csv", "table2.csv"):
+        table = pd.read_csv(blessed / name)
+        table = table[table["kind"] != "ours"]  # only paper-reported / derived rows left
+        table.to_csv(blessed / name, index=False)
+    assert run_check(blessed, results, 0.05) == 1
+    assert "zero cells compared" in capsys.readouterr().out
+
+
+def test_other_scale_is_refused(blessed, tmp_path, capsys):
+    results = make_results(tmp_path / "run1", scale="quick")
+    assert run_check(blessed, results, 0.05) == 1
+    assert "scale 'ci'" in capsys.readouterr().out
+    # blessing quick results into the ci folder is refused too
+    assert run_check(blessed, results, 0.05, do_bless=True) == 1
+    assert json.loads((blessed / "table1.provenance.json").read_text())["scale"] == "ci"

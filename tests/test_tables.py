@@ -1,0 +1,115 @@
+"""Tables I-II from synthetic per-image eval CSVs, and the transcription of the paper's numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mtdeq import tables as tb
+from mtdeq.cli import main
+from mtdeq.evaluate import CSV_COLUMNS
+
+PAPER = Path(__file__).resolve().parents[1] / "results" / "paper" / "paper_tables.csv"
+# the paper's printed "Proposed vs. Gauss" rows (Table I, Table II 2x, Table II 3x)
+PRINTED_GAIN = {
+    "comp80": 0.52, "comp90": 0.89, "blur1.6": 0.76, "blur2.0": 0.95,
+    "sr2_bicubic_n0": 0.41, "sr2_bicubic_n1": 0.63, "sr2_gauss_n0": 0.28, "sr2_gauss_n1": 0.71,
+    "sr3_bicubic_n0": 0.61, "sr3_bicubic_n1": 0.76, "sr3_gauss_n0": 0.49, "sr3_gauss_n1": 1.00,
+}
+# synthetic per-image PSNRs: (method -> (image a, image b)); Table I tasks get task offsets
+OURS = {"red": (25.0, 27.0), "gauss": (28.0, 30.0), "gauss_budget": (28.5, 30.5), "proposed": (29.0, 31.5),
+        "st_sr": (20.0, 21.0)}
+TASK_OFFSET = {"comp80": 0.0, "comp90": -3.0, "blur1.6": 2.0, "blur2.0": 1.0, "sr2_bicubic_n0": 5.0}
+
+
+def test_paper_transcription_is_consistent_with_the_printed_gain_row():
+    paper = tb.read_paper(PAPER)
+    assert len(paper) == 6 * 12 and not paper.duplicated(["method", "task"]).any()
+    value = paper.set_index(["method", "task"])["psnr"]
+    assert value[("gauss", "comp80")] == 30.20
+    assert value[("pnp_reg", "sr3_gauss_n1")] == 30.39
+    for task, gain in PRINTED_GAIN.items():
+        assert value[("proposed", task)] - value[("gauss", task)] == pytest.approx(gain, abs=1e-9)
+
+
+def test_paper_column_order_matches_tasks_module():
+    from mtdeq import tasks
+
+    paper = tb.read_paper(PAPER)
+    assert tb.table_tasks(paper, "table1") == tasks.TABLE1_TASKS
+    assert tb.table_tasks(paper, "table2") == tasks.TABLE2_TASKS
+    assert set(tb.TASK_LABELS) == set(tasks.TEST_TASKS)
+
+
+def write_eval_dir(root: Path, ours=OURS, offsets=TASK_OFFSET) -> Path:
+    """Per-image CSVs <root>/eval/<method>/<task>.csv with PSNR = base + task offset."""
+    for method, (a, b) in ours.items():
+        for task, offset in offsets.items():
+            frame = pd.DataFrame({"image": ["a", "b"], "method": method, "task": task, "sigma_noise": 0.0,
+                                  "psnr": [a + offset, b + offset], "ssim": 0.9, "iterations": 10, "seconds": 0.1},
+                                 columns=CSV_COLUMNS)
+            (root / "eval" / method).mkdir(parents=True, exist_ok=True)
+            frame.to_csv(root / "eval" / method / f"{task}.csv", index=False)
+    return root / "eval"
+
+
+def test_tables_means_order_paper_columns_and_markdown(tmp_path):
+    eval_dir = write_eval_dir(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"scale": "unit", "seed": 0}))
+    rc = main(["tables", "--eval-dir", str(eval_dir), "--paper", str(PAPER), "--scale", "unit",
+               "--config-json", str(config), "--out-dir", str(tmp_path / "out")])
+    assert rc == 0
+    t1 = pd.read_csv(tmp_path / "out" / "table1.csv")
+    assert list(t1["key"]) == ["red", "st_comp", "st_sr", "gauss", "gauss_budget", "pnp_reg", "proposed",
+                               "proposed_vs_gauss", "proposed_vs_gauss_budget"]
+    assert list(t1.columns[:6]) == ["method", "key", "kind", "comp80", "comp80 paper", "comp80 Δ"]
+    assert [c for c in t1.columns[3:] if " " not in c] == ["comp80", "comp90", "blur1.6", "blur2.0"]
+    row = t1.set_index("key")
+    assert row.loc["gauss", "comp80"] == 29.0 and row.loc["gauss", "comp80 paper"] == 30.20
+    assert row.loc["gauss", "comp80 Δ"] == pytest.approx(-1.20)
+    assert row.loc["proposed", "comp90"] == pytest.approx(27.25)  # mean(29, 31.5) - 3
+    assert row.loc["proposed_vs_gauss", "blur1.6"] == pytest.approx(1.25)
+    assert row.loc["proposed_vs_gauss", "blur1.6 paper"] == pytest.approx(0.76)
+    assert row.loc["proposed_vs_gauss_budget", "comp80"] == pytest.approx(0.75)
+    assert math.isnan(row.loc["proposed_vs_gauss_budget", "comp80 paper"])
+    assert math.isnan(row.loc["st_comp", "comp80"]) and row.loc["st_comp", "comp80 paper"] == 30.24
+    assert math.isnan(row.loc["pnp_reg", "comp80"]) and row.loc["pnp_reg", "kind"] == "paper"
+
+    # Table II: only sr2_bicubic_n0 was evaluated; the other columns are empty for us
+    t2 = pd.read_csv(tmp_path / "out" / "table2.csv").set_index("key")
+    assert t2.loc["proposed", "sr2_bicubic_n0"] == pytest.approx(35.25)
+    assert t2["sr3_gauss_n1"].isna().all() and t2.loc["red", "sr3_gauss_n1 paper"] == 30.05
+
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "scale **unit**" in md
+    assert "| Proposed | **30.25** (30.72) |" in md
+    assert "| Gauss + same budget | <u>29.50</u> |" in md
+    assert "| pnP-ReG (paper-reported only) | — (30.36) |" in md
+    assert "+1.25 (+0.76)" in md
+    provenance = json.loads((tmp_path / "out" / "table1.provenance.json").read_text())
+    assert provenance["scale"] == "unit" and provenance["provenance"]["config"]["seed"] == 0
+    assert {c["n_images"] for c in provenance["cells"]} == {2}
+
+
+def test_tables_skip_methods_without_results_or_paper_values(tmp_path):
+    eval_dir = write_eval_dir(tmp_path, ours={"gauss": (30.0, 30.0), "my_extra": (31.0, 31.0)},
+                              offsets={"comp80": 0.0})
+    result = tb.make_tables(tb.TableSettings(eval_dir=str(eval_dir), paper=str(PAPER), scale="unit",
+                                             out_dir=str(tmp_path / "out")))
+    keys = list(result["table1"]["key"])
+    assert "gauss_budget" not in keys and "proposed_vs_gauss_budget" not in keys  # neither ours nor paper
+    assert "proposed" in keys and keys[-1] == "my_extra"  # paper-reported rows stay; extras go last
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "| my_extra (extra) | 31.00 |" in md  # extras are not ranked
+    assert "| Gauss | **30.00** (30.20) |" in md
+
+
+def test_tables_without_eval_csvs_fail_clearly(tmp_path):
+    (tmp_path / "eval").mkdir()
+    with pytest.raises(FileNotFoundError, match="no per-image CSVs"):
+        tb.make_tables(tb.TableSettings(str(tmp_path / "eval"), str(PAPER), "unit", str(tmp_path)))

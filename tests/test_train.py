@@ -1,0 +1,286 @@
+"""Tests of mtdeq.train: Algorithm 1 step, resume, divergence, task sets, memory, configs, bench.
+
+Everything runs on CPU with a tiny DRUNet (nc 8 16 32 64, nb 1) on synthetic images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtdeq.data import PatchDataset
+from mtdeq.models import BackboneConfig, build_backbone, load_prior, save_checkpoint
+from mtdeq.tasks import TASK_SETS, TEST_TASKS
+from mtdeq.train import (
+    CRASH_EXIT_CODE,
+    DEQTrainConfig,
+    DenoiserTrainConfig,
+    add_bench_args,
+    config_from_dict,
+    deq_step,
+    pretrain_denoiser,
+    run_bench,
+    solve_task,
+    step_generator,
+    train_deq,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = BackboneConfig("drunet", (8, 16, 32, 64), 1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny convolutions are fastest (and least disturbed by other processes) on one thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Five smooth synthetic RGB images (40 x 48) with edges, written as PNG."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:48] / 48.0
+    for i in range(5):
+        img = np.stack([np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + rng.uniform() * yy) + rng.uniform(0, 6))
+                        for _ in range(3)], axis=-1) * 0.3 + 0.5
+        img[10:25, 12 + i : 30 + i] = rng.uniform(0, 1, size=3)
+        Image.fromarray((img.clip(0, 1) * 255).round().astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prior(tmp_path_factory) -> Path:
+    """A randomly initialised tiny DRUNet in our checkpoint format."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("prior") / "init.pt"
+    save_checkpoint(path, build_backbone(TINY), TINY)
+    return path
+
+
+def _cfg(images, prior, tmp_path, **kw) -> DEQTrainConfig:
+    base = dict(out=str(tmp_path / "deq.pt"), init=str(prior), train_dirs=(str(images),), crop=16, batch_size=2,
+                n_tasks=2, steps=2, lr=1e-3, max_iter=10, tol=1e-6, solver="anderson", seed=0)
+    return DEQTrainConfig(**{**base, **kw})
+
+
+def _model(prior):
+    model, _ = load_prior(prior)
+    return model.train()
+
+
+# ----------------------------------------------------------------------------- Algorithm 1 step
+def test_deq_steps_decrease_loss_on_a_fixed_batch(images, prior, tmp_path):
+    cfg = _cfg(images, prior, tmp_path, lr=1e-3, max_iter=15)
+    model = _model(prior)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x = PatchDataset([str(images)], crop=16).sample_batch(torch.Generator().manual_seed(1), 4)
+    tasks = [TEST_TASKS["blur1.6"], TEST_TASKS["comp80"]]
+    losses = [deq_step(model, optimizer, x, tasks, step_generator(0, 1), cfg).loss for _ in range(4)]
+    assert all(loss is not None for loss in losses)
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
+
+
+def test_deq_step_gradient_is_that_of_the_mean_over_image_task_pairs(images, prior, tmp_path):
+    cfg = _cfg(images, prior, tmp_path)
+    x = PatchDataset([str(images)], crop=16).sample_batch(torch.Generator().manual_seed(2), 3)
+    tasks = [TEST_TASKS["blur2.0"], TEST_TASKS["sr2_bicubic_n1"]]  # SR crops 16 -> 16 (already a multiple)
+    model = _model(prior)
+    stats = deq_step(model, torch.optim.SGD(model.parameters(), lr=0.0), x, tasks, step_generator(0, 5), cfg)
+    grads = [p.grad.clone() for p in model.parameters()]
+
+    reference = _model(prior)
+    g = step_generator(0, 5)
+    losses = torch.cat([solve_task(reference, x, t, g, cfg).per_image_loss for t in tasks])
+    losses.mean().backward()  # L = 1/(B N) sum over images and tasks of L_i
+    assert stats.n_valid == 6 and stats.loss == pytest.approx(float(losses.mean().detach()), rel=1e-5)
+    for a, p in zip(grads, reference.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_memory_of_a_step_does_not_grow_with_the_iteration_cap(images, prior, tmp_path):
+    """JFB: the graph kept for backward is one application of f, whatever max_iter is."""
+    x = PatchDataset([str(images)], crop=16).sample_batch(torch.Generator().manual_seed(3), 2)
+    model = _model(prior)
+
+    def graph_of(max_iter):
+        cfg = _cfg(images, prior, tmp_path, max_iter=max_iter, tol=0.0, solver="plain")  # tol 0: run the cap
+        saved_bytes = []
+
+        def pack(t):
+            saved_bytes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = solve_task(model, x, TEST_TASKS["blur1.6"], step_generator(0, 1), cfg)
+        nodes, stack = set(), [out.per_image_loss.sum().grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is not None and fn not in nodes:
+                nodes.add(fn)
+                stack.extend(nxt for nxt, _ in fn.next_functions)
+        return out.iterations, len(nodes), sum(saved_bytes)
+
+    its10, nodes10, bytes10 = graph_of(10)
+    its100, nodes100, bytes100 = graph_of(100)
+    assert its10 == [10, 10] and its100 == [100, 100]
+    assert nodes10 == nodes100 and bytes10 == bytes100 > 0
+
+
+# ----------------------------------------------------------------------------- divergence
+def test_forced_divergence_is_counted_and_the_update_skipped(images, prior, tmp_path):
+    cfg = _cfg(images, prior, tmp_path, eta=1e3, max_iter=50)
+    model = _model(prior)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = PatchDataset([str(images)], crop=16).sample_batch(torch.Generator().manual_seed(4), 2)
+    stats = deq_step(model, torch.optim.Adam(model.parameters(), lr=1e-2), x, [TEST_TASKS["blur1.6"]],
+                     step_generator(0, 1), cfg)
+    assert stats.status == ["diverged", "diverged"] and stats.skipped and stats.loss is None
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    log = tmp_path / "log.csv"
+    totals = train_deq(_cfg(images, prior, tmp_path, eta=1e3, max_iter=50, steps=2, log_csv=str(log)), quiet=True)
+    assert totals["diverged"] == totals["solves"] == 2 * 2 * 2 and totals["skipped_steps"] == 2
+    rows = list(csv.DictReader(log.open()))
+    assert [r["skipped"] for r in rows] == ["1", "1"] and all(float(r["pct_diverged"]) == 100 for r in rows)
+    trained, _ = load_prior(tmp_path / "deq.pt")  # the run still ends with a loadable prior
+    assert all(torch.equal(a, b) for a, b in zip(_model(prior).state_dict().values(),
+                                                  trained.state_dict().values()))
+
+
+# ----------------------------------------------------------------------------- task sets
+@pytest.mark.parametrize("task_set, kind, params, sigma", [
+    ("st_comp", "inpaint", {"p_drop": 0.9}, 0.0),
+    ("st_sr", "sr_bicubic", {"scale": 2}, 0.01),
+])
+def test_single_task_configs_train_only_their_task(images, prior, tmp_path, task_set, kind, params, sigma):
+    seen = []
+    log = tmp_path / "log.csv"
+    cfg = _cfg(images, prior, tmp_path, task_set=task_set, n_tasks=1, steps=3, max_iter=3, log_csv=str(log))
+    train_deq(cfg, quiet=True, on_step=lambda stats: seen.extend(stats.tasks))
+    assert len(seen) == 3
+    for task in seen:
+        assert task.kind == kind and task.sigma_noise == sigma
+        assert {k: v for k, v in task.params if k != "seed"} == params
+    assert [r["tasks"] for r in csv.DictReader(log.open())] == [t.name for t in seen]
+    if task_set == "st_comp":  # a fresh mask per step
+        assert len({dict(t.params)["seed"] for t in seen}) == 3
+
+
+def test_mtdeq_set_mixes_degradations(images, prior, tmp_path):
+    seen = []
+    train_deq(_cfg(images, prior, tmp_path, n_tasks=5, steps=2, max_iter=2), quiet=True,
+              on_step=lambda stats: seen.extend(stats.tasks))
+    assert len(seen) == 10 and len({t.kind for t in seen}) >= 2
+
+
+# ----------------------------------------------------------------------------- resume
+def _train_cmd(images, prior, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "mtdeq", "train-deq", "--out", str(out), "--init", str(prior),
+            "--task-set", "mtdeq", "--n-tasks", "2", "--train-dirs", str(images), "--crop", "16",
+            "--batch-size", "2", "--steps", "5", "--lr", "1e-3", "--lr-step", "3", "--lr-gamma", "0.5",
+            "--max-iter", "8", "--tol", "1e-6", "--solver", "anderson", "--seed", "3",
+            "--log-csv", str(out.with_suffix(".csv")), "--checkpoint-every", "2", "--threads", "1",
+            "--device", "cpu", "--quiet", *extra]
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run_bit_for_bit(images, prior, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    crashed, straight = tmp_path / "a" / "m.pt", tmp_path / "b" / "m.pt"
+    reference = subprocess.Popen(_train_cmd(images, prior, straight), cwd=REPO, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # crash after step 3: the resume state is from step 2, step 3's log row must be dropped
+    first = subprocess.run(_train_cmd(images, prior, crashed, "--stop-after", "3"), cwd=REPO, env=env,
+                           capture_output=True, text=True)
+    assert first.returncode == CRASH_EXIT_CODE, first.stderr
+    state = torch.load(str(crashed) + ".ckpt", weights_only=False)
+    assert state["step"] == 2 and not crashed.exists()
+    assert config_from_dict(DEQTrainConfig, state["config"]).steps == 5  # config round-trips
+    second = subprocess.run(_train_cmd(images, prior, crashed), cwd=REPO, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "fixed-point solves converged" in second.stdout
+    out, err = reference.communicate(timeout=120)
+    assert reference.returncode == 0, err
+
+    a, b = torch.load(crashed, weights_only=True), torch.load(straight, weights_only=True)
+    assert a["step"] == b["step"] == 5 and a["train_config"]["steps"] == 5
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert a["totals"] == b["totals"] and a["totals"]["solves"] == 5 * 2 * 2
+    rows_a = list(csv.DictReader(crashed.with_suffix(".csv").open()))
+    rows_b = list(csv.DictReader(straight.with_suffix(".csv").open()))
+    assert [r["step"] for r in rows_a] == ["1", "2", "3", "4", "5"]
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    assert [float(r["lr"]) for r in rows_a] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4]  # StepLR survives resume
+
+
+def test_checkpoint_from_another_config_is_not_resumed(images, prior, tmp_path, capsys):
+    train_deq(_cfg(images, prior, tmp_path, steps=1, max_iter=2), quiet=True)
+    train_deq(_cfg(images, prior, tmp_path, steps=1, max_iter=3), quiet=False)
+    assert "differs in ['max_iter']" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- configs
+def test_configs_reject_unknown_keys_and_bad_values(images, prior, tmp_path):
+    good = {"out": "m.pt", "init": str(prior), "train_dirs": [str(images)]}
+    assert config_from_dict(DEQTrainConfig, good).train_dirs == (str(images),)
+    with pytest.raises(ValueError, match="bogus"):
+        config_from_dict(DEQTrainConfig, {**good, "bogus": 1})
+    with pytest.raises(ValueError, match="--task-set.*'st_blur'"):
+        config_from_dict(DEQTrainConfig, {**good, "task_set": "st_blur"})
+    with pytest.raises(ValueError, match="--solver"):
+        config_from_dict(DEQTrainConfig, {**good, "solver": "broyden"})
+    with pytest.raises(ValueError, match="--init"):
+        DenoiserTrainConfig(out="m.pt", steps=0)
+
+
+# ----------------------------------------------------------------------------- denoiser
+def test_pretrain_converts_kair_weights_and_trains(images, tmp_path):
+    ffd = BackboneConfig("ffdnet", (8,), 3)
+    torch.manual_seed(1)
+    raw = tmp_path / "kair.pth"
+    torch.save(build_backbone(ffd).state_dict(), raw)  # a raw KAIR-style state dict
+    common = dict(backbone="ffdnet", nc=(8,), nb=3, init=str(raw), train_dirs=(str(images),), crop=16,
+                  batch_size=4, lr=1e-2)
+    out = pretrain_denoiser(DenoiserTrainConfig(out=str(tmp_path / "g.pt"), steps=0, **common), quiet=True)
+    converted, cfg = load_prior(out)
+    assert cfg == ffd
+    assert all(torch.equal(v, torch.load(raw)[k]) for k, v in converted.state_dict().items())
+
+    log = tmp_path / "den.csv"
+    cfg = DenoiserTrainConfig(out=str(tmp_path / "g2.pt"), steps=40, log_csv=str(log), val_dir=str(images),
+                              val_every=40, **common)
+    pretrain_denoiser(cfg, quiet=True)
+    rows = list(csv.DictReader(log.open()))
+    assert rows[0]["step"] == "0" and rows[-1]["step"] == "40"
+    assert float(rows[-1]["val_psnr"]) > float(rows[0]["val_psnr"])  # denoising got better
+    assert torch.load(tmp_path / "g2.pt", weights_only=True)["train_config"]["sigma_max"] == cfg.sigma_max
+
+
+# ----------------------------------------------------------------------------- bench
+def test_bench_train_writes_csv(images, tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    out = tmp_path / "bench" / "train.csv"
+    args = parser.parse_args(["--backbone", "drunet", "--nc", "8", "16", "32", "64", "--nb", "1", "--init", "none",
+                              "--train-dirs", str(images), "--crop", "16", "--batch-size", "1", "--n-tasks", "1",
+                              "--steps", "1", "--max-iter", "5", "--threads", "1", "--out", str(out)])
+    assert run_bench(args) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["stage"], r["solver"]) for r in rows] == [("train-deq", "plain"), ("train-deq", "anderson"),
+                                                         ("pretrain-denoiser", "")]
+    assert all(float(r["seconds_per_step"]) > 0 for r in rows)
+    assert 1 <= float(rows[0]["fp_iter_mean"]) <= 5

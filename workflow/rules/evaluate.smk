@@ -1,0 +1,136 @@
+# Test-time hyper-parameters are tuned per task on data.val_set (Set14, never Set5) for the
+# Gauss prior (PnP-ADMM) and for RED; every ADMM prior is then evaluated on data.test_set with
+# the Gauss prior's parameters, as in the paper (Section III-C).
+
+TUNE = config["tune"]
+EVAL = config["evaluate"]
+TASKS = EVAL["tasks"]
+METHODS = EVAL["methods"]
+
+
+rule tune_admm:
+    """Grid-search K, sigma_max, sigma_min, lam of PnP-ADMM with the Gauss prior for one task."""
+    input:
+        images=ancient(fetched(config["data"]["val_set"], "data.val_set")),
+        prior="results/{scale}/models/gauss.pt",
+    output:
+        "results/{scale}/tune/admm_{task}.csv",
+    params:
+        images=config["data"]["val_set"],
+        max_images=TUNE["max_images"],
+        crop=TUNE["crop"],
+        iterations=TUNE["admm"]["iterations"],
+        sigma_max=TUNE["admm"]["sigma_max"],
+        sigma_min=TUNE["admm"]["sigma_min"],
+        lam_scale=TUNE["admm"]["lam_scale"],
+        seed=config["seed"],
+        device=device("tune"),
+    log:
+        "logs/{scale}/tune/admm_{task}.log",
+    benchmark:
+        "benchmarks/{scale}/tune/admm_{task}.tsv"
+    threads: RES["tune"]["threads"]
+    resources:
+        mem_mb=RES["tune"]["mem_mb"],
+        runtime=RES["tune"]["runtime"],
+        gpu=RES["tune"]["gpus"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m mtdeq tune --method admm --task {wildcards.task} --prior {input.prior}"
+        " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
+        " --iterations {params.iterations} --sigma-max {params.sigma_max}"
+        " --sigma-min {params.sigma_min} --lam-scale {params.lam_scale}"
+        " --seed {params.seed} --device {params.device} --out {output} > {log} 2>&1"
+
+
+rule tune_red:
+    """Grid-search K, lam, sigma_denoise, step of RED with the Gauss prior for one task."""
+    input:
+        images=ancient(fetched(config["data"]["val_set"], "data.val_set")),
+        prior="results/{scale}/models/gauss.pt",
+    output:
+        "results/{scale}/tune/red_{task}.csv",
+    params:
+        images=config["data"]["val_set"],
+        max_images=TUNE["max_images"],
+        crop=TUNE["crop"],
+        iterations=TUNE["red"]["iterations"],
+        lam=TUNE["red"]["lam"],
+        sigma=TUNE["red"]["sigma"],
+        step=TUNE["red"]["step"],
+        seed=config["seed"],
+        device=device("tune"),
+    log:
+        "logs/{scale}/tune/red_{task}.log",
+    benchmark:
+        "benchmarks/{scale}/tune/red_{task}.tsv"
+    threads: RES["tune"]["threads"]
+    resources:
+        mem_mb=RES["tune"]["mem_mb"],
+        runtime=RES["tune"]["runtime"],
+        gpu=RES["tune"]["gpus"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m mtdeq tune --method red --task {wildcards.task} --prior {input.prior}"
+        " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
+        " --iterations {params.iterations} --red-lam {params.lam} --red-sigma {params.sigma}"
+        " --red-step {params.step} --seed {params.seed} --device {params.device}"
+        " --out {output} > {log} 2>&1"
+
+
+rule collect_tuned:
+    """Best candidate per (algorithm, task) -> tuned_params.csv (flags values on a grid edge)."""
+    input:
+        admm=expand("results/{{scale}}/tune/admm_{task}.csv", task=TASKS),
+        red=expand("results/{{scale}}/tune/red_{task}.csv", task=TASKS) if "red" in METHODS else [],
+    output:
+        "results/{scale}/tuned_params.csv",
+    log:
+        "logs/{scale}/collect_tuned.log",
+    benchmark:
+        "benchmarks/{scale}/collect_tuned.tsv"
+    threads: RES["report"]["threads"]
+    resources:
+        mem_mb=RES["report"]["mem_mb"],
+        runtime=RES["report"]["runtime"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m mtdeq collect-tuned --inputs {input} --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    """Restore the test images of one task with one method; per-image PSNR/SSIM CSV."""
+    input:
+        images=ancient(fetched(config["data"]["test_set"], "data.test_set")),
+        prior=lambda w: f"results/{w.scale}/models/{PRIOR_OF[w.method]}.pt",
+        params="results/{scale}/tuned_params.csv",
+    output:
+        "results/{scale}/eval/{method}/{task}.csv",
+    wildcard_constraints:
+        method="|".join(PRIOR_OF),
+    params:
+        images=config["data"]["test_set"],
+        save_dir=lambda w: save_dir_option(w.scale, w.method, w.task),
+        max_images=option("--max-images", EVAL["max_images"]),
+        crop=option("--crop", EVAL["crop"]),
+        seed=config["seed"],
+        device=device("evaluate"),
+    log:
+        "logs/{scale}/evaluate/{method}/{task}.log",
+    benchmark:
+        "benchmarks/{scale}/evaluate/{method}/{task}.tsv"
+    threads: RES["evaluate"]["threads"]
+    resources:
+        mem_mb=RES["evaluate"]["mem_mb"],
+        runtime=RES["evaluate"]["runtime"],
+        gpu=RES["evaluate"]["gpus"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m mtdeq evaluate --method {wildcards.method} --prior {input.prior}"
+        " --task {wildcards.task} --images {params.images} --params {input.params}"
+        " --out {output} {params.save_dir} {params.max_images} {params.crop}"
+        " --seed {params.seed} --device {params.device} > {log} 2>&1"

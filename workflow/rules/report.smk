@@ -1,0 +1,87 @@
+# Tables I-II and Fig. 2 of the paper, with our numbers beside the paper's.
+import json
+
+
+localrules:
+    config_json,
+
+
+rule config_json:
+    """The validated config of this run, stored in the tables' provenance."""
+    output:
+        "results/{scale}/config.json",
+    params:
+        config=config,
+    log:
+        "logs/{scale}/config_json.log",
+    benchmark:
+        "benchmarks/{scale}/config_json.tsv"
+    run:
+        Path(output[0]).write_text(json.dumps(params.config, indent=2, sort_keys=True) + "\n")
+
+
+rule tables:
+    """Tables I and II (CSV + Markdown) from the per-image eval CSVs, beside the paper's values."""
+    input:
+        evals=expand("results/{scale}/eval/{method}/{task}.csv", scale=SCALE, method=METHODS, task=TASKS),
+        paper="results/paper/paper_tables.csv",
+        config=f"results/{SCALE}/config.json",
+    output:
+        table1="results/table1.csv",
+        table2="results/table2.csv",
+        table1_md="results/table1.md",
+        table2_md="results/table2.md",
+    params:
+        eval_dir=lambda w, input: Path(input.config).parent / "eval",
+        out_dir=lambda w, output: Path(output.table1).parent,
+        scale=SCALE,
+    log:
+        f"logs/{SCALE}/tables.log",
+    benchmark:
+        f"benchmarks/{SCALE}/tables.tsv"
+    threads: RES["report"]["threads"]
+    resources:
+        mem_mb=RES["report"]["mem_mb"],
+        runtime=RES["report"]["runtime"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m mtdeq tables --eval-dir {params.eval_dir} --paper {input.paper}"
+        " --scale {params.scale} --config-json {input.config} --out-dir {params.out_dir}"
+        " > {log} 2>&1"
+
+
+rule figure:
+    """Fig. 2: ground truth, degraded input and restorations of one image per row, with PSNRs."""
+    input:
+        images=ancient(fetched(config["data"]["test_set"], "data.test_set")),
+        evals=expand(
+            "results/{scale}/eval/{method}/{task}.csv",
+            scale=SCALE,
+            method=sorted(set(config["figure"]["methods"]) | {"gauss"}),
+            task=FIG2_TASKS,
+        ),
+    output:
+        "results/fig2.png",
+    params:
+        eval_dir=lambda w, input: Path(input.evals[0]).parent.parent,
+        restored_dir=f"results/{SCALE}/restored",
+        images=config["data"]["test_set"],
+        rows=config["figure"]["rows"],
+        methods=config["figure"]["methods"],
+        crop=option("--crop", config["evaluate"]["crop"]),
+        scale=SCALE,
+    log:
+        f"logs/{SCALE}/figure.log",
+    benchmark:
+        f"benchmarks/{SCALE}/figure.tsv"
+    threads: RES["report"]["threads"]
+    resources:
+        mem_mb=RES["report"]["mem_mb"],
+        runtime=RES["report"]["runtime"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m mtdeq figure --eval-dir {params.eval_dir} --restored-dir {params.restored_dir}"
+        " --images {params.images} --rows {params.rows} --methods {params.methods}"
+        " {params.crop} --scale {params.scale} --out {output} > {log} 2>&1"

@@ -1,0 +1,59 @@
+# The DEQ priors of Algorithm 1, fine-tuned from the Gauss prior: MTDEQ (the proposed prior,
+# all tasks), ST Comp and ST SR (single-task controls of Section III-C).
+
+PRIORS = config["priors"]
+
+
+rule train_deq:
+    """Train one DEQ prior with the FB fixed point (Eq. 3) and Jacobian-free backprop."""
+    input:
+        data=[ancient(f) for f in train_data()],
+        init="results/{scale}/models/gauss.pt",
+    output:
+        "results/{scale}/models/{prior}.pt",
+    wildcard_constraints:
+        prior="mtdeq|st_comp|st_sr",
+    params:
+        task_set=lambda w: PRIORS[w.prior]["task_set"],
+        n_tasks=lambda w: PRIORS[w.prior]["n_tasks"],
+        steps=lambda w: PRIORS[w.prior]["steps"],
+        train_dirs=config["data"]["train_dirs"],
+        crop=DEQ["crop"],
+        batch_size=DEQ["batch_size"],
+        lr=DEQ["lr"],
+        lr_step=DEQ["lr_step"],
+        lr_gamma=DEQ["lr_gamma"],
+        eta=DEQ["eta"],
+        tol=DEQ["tol"],
+        max_iter=DEQ["max_iter"],
+        diverge_at=DEQ["diverge_at"],
+        solver=DEQ["solver"],
+        seed=config["seed"],
+        checkpoint_every=DEQ["checkpoint_every"],
+        val_dir=config["data"]["val_set"],
+        val_every=DEQ["val_every"],
+        val_images=DEQ["val_images"],
+        launcher=launcher("train"),
+        device=device("train"),
+    log:
+        stdout="logs/{scale}/train_deq/{prior}.log",
+        csv="results/{scale}/logs/{prior}.csv",
+    benchmark:
+        "benchmarks/{scale}/train_deq/{prior}.tsv"
+    threads: RES["train"]["threads"]
+    resources:
+        mem_mb=RES["train"]["mem_mb"],
+        runtime=RES["train"]["runtime"],
+        gpu=RES["train"]["gpus"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.launcher} -m mtdeq train-deq --out {output} --init {input.init}"
+        " --task-set {params.task_set} --n-tasks {params.n_tasks} --train-dirs {params.train_dirs}"
+        " --crop {params.crop} --batch-size {params.batch_size} --steps {params.steps}"
+        " --lr {params.lr} --lr-step {params.lr_step} --lr-gamma {params.lr_gamma}"
+        " --eta {params.eta} --tol {params.tol} --max-iter {params.max_iter}"
+        " --diverge-at {params.diverge_at} --solver {params.solver} --seed {params.seed}"
+        " --log-csv {log.csv} --checkpoint-every {params.checkpoint_every}"
+        " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
+        " --threads {threads} --device {params.device} > {log.stdout} 2>&1"
