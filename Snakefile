@@ -4,10 +4,12 @@
 #   snakemake --cores 8 all                                   quick scale (config/config.yaml)
 #   snakemake --configfile config/ci.yaml --cores 2 all       toy scale, a few minutes
 #   snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml all
+#   snakemake --cores 8 extra                                 labelled extras (own settings, seeds)
 #
 # DAG: fetch -> pretrain_denoiser (Gauss prior) -> train_deq (mtdeq, st_comp, st_sr)
 #      and train_control (gauss_budget) -> tune_admm / tune_red on Set14 -> collect_tuned
-#      -> evaluate (method x task) on Set5 -> tables, figure.
+#      -> evaluate (method x task) on Set5 -> tables, figure -> summarize (timings, convergence).
+#      Target `extra`: own-settings tuning, seed retraining -> results/extra/ tables.
 # Every rule calls one stage, `python -m mtdeq <stage> ...`, which also runs by hand.
 
 import re
@@ -43,4 +45,13 @@ rule all:
         "results/table1.md",
         "results/table2.md",
         "results/fig2.png",
+        expand("results/{scale}/{name}.csv", scale=SCALE, name=("timings", "convergence")),
     default_target: True
+
+
+# Extra, labelled analyses outside `all`: priors tuned with their own settings and the MTDEQ
+# prior retrained with other seeds (tune.own_priors / spread.seeds, else extra.own_priors /
+# extra.seeds) -> results/extra/table{1,2}.{csv,md}, results/extra/spread.csv.
+rule extra:
+    input:
+        rules.tables_extra.output,

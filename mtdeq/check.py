@@ -11,7 +11,14 @@ were produced at another scale than the reference (read from ``<table>.provenanc
 
 ``--bless`` copies the current tables (``table{1,2}.csv``, ``.md``, ``.provenance.json``)
 and ``fig2.png`` when present into the reference folder, after checking that the folder is
-named after the results' scale and does not hold another scale's reference.
+named after the results' scale and does not hold another scale's reference.  It also copies,
+when present, the run's records (EXTRA_FILES, same relative names): ``spread.csv``, the extra
+tables ``extra/`` (target ``extra``), and from ``<results>/<scale>/`` the tuned parameters
+(``tuned_params.csv``, ``tuned_params_own/*.csv``), ``timings.csv`` and ``convergence.csv``;
+a copy left in the reference from an earlier bless whose source is now absent is removed,
+so that the reference describes one run.  These records are for reading (README, review):
+the check compares Tables I-II cells only, since run times vary and the tuned parameters and
+convergence statistics act on the results only through the table cells.
 """
 
 from __future__ import annotations
@@ -27,7 +34,12 @@ import pandas as pd
 from mtdeq.tables import DELTA_SUFFIX, PAPER_SUFFIX, TABLES
 
 COMPARED_KINDS = ("ours", "extra")
-BLESSED_FILES = [f"{t}{ext}" for t in TABLES for ext in (".csv", ".md", ".provenance.json")] + ["fig2.png"]
+TABLE_FILES = [f"{t}{ext}" for t in TABLES for ext in (".csv", ".md", ".provenance.json")]
+BLESSED_FILES = TABLE_FILES + ["fig2.png"]
+# optional records of the run, relative to --results ({scale} = the results' scale)
+EXTRA_FILES = ["spread.csv", *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
+               "{scale}/tuned_params.csv", "{scale}/timings.csv", "{scale}/convergence.csv"]
+EXTRA_GLOBS = ["{scale}/tuned_params_own/*.csv"]
 
 
 class CheckError(RuntimeError):
@@ -98,8 +110,14 @@ def compare(reference: Path, results: Path, tolerance: float) -> list[Cell]:
     return cells
 
 
+def _reference_name(relative: str, scale: str) -> str:
+    """Where a record of <results>/<relative> goes in the reference: <scale>/x -> x."""
+    prefix = f"{scale}/"
+    return relative.removeprefix(prefix)
+
+
 def bless(reference: Path, results: Path) -> list[Path]:
-    """Copy the current tables (and fig2.png when present) into ``reference``; return the copies."""
+    """Copy the current tables, fig2.png and the run's records into ``reference``; return the copies."""
     from mtdeq.io import atomic_write_bytes
 
     scales = {read_scale(results, table) for table in TABLES}
@@ -122,6 +140,25 @@ def bless(reference: Path, results: Path) -> list[Path]:
             copied.append(atomic_write_bytes(reference / name, source.read_bytes()))
         elif name != "fig2.png":
             raise CheckError(f"{source}: missing; run the tables stage before --bless")
+    records = [name.format(scale=scale) for name in EXTRA_FILES]
+    for pattern in EXTRA_GLOBS:
+        records += sorted(str(p.relative_to(results)) for p in results.glob(pattern.format(scale=scale)))
+    present = [r for r in records if (results / r).is_file()]
+    if any(r.startswith("extra/") for r in present) and read_scale(results / "extra", "table1") != scale:
+        print(f"skipped {results / 'extra'}: its tables come from another scale than {scale!r}")
+        present = [r for r in present if not r.startswith("extra/")]
+    for relative in present:
+        target = reference / _reference_name(relative, scale)
+        copied.append(atomic_write_bytes(target, (results / relative).read_bytes()))
+    # a record blessed earlier whose source is gone now would describe another run
+    earlier = [reference / _reference_name(name.format(scale=scale), scale) for name in EXTRA_FILES]
+    for pattern in EXTRA_GLOBS:
+        earlier += sorted(reference.glob(_reference_name(pattern.format(scale=scale), scale)))
+    kept = {reference / _reference_name(r, scale) for r in present}
+    for path in earlier:
+        if path.is_file() and path not in kept:
+            path.unlink()
+            print(f"removed {path} (absent from {results})")
     return copied
 
 

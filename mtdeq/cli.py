@@ -21,6 +21,7 @@ STAGE_MODULES = (
     "mtdeq.tune",
     "mtdeq.tables",
     "mtdeq.figures",
+    "mtdeq.summary",
     "mtdeq.check",
     "mtdeq.bench",
 )

@@ -13,14 +13,26 @@ For table t in {table1, table2} the stage writes into --out-dir:
       paper    reported by the paper only, never run by us (pnP-ReG);
       derived  a difference of two rows ("Proposed vs. Gauss" = Proposed - Gauss, for ours
                and for the paper; "Proposed vs. Gauss + same budget", ours only);
-      extra    any other method found in the eval dir (a labelled extra analysis).
+      extra    any other method found in the eval dir (a labelled extra analysis), after the
+               rows above: ``<m>_own`` = prior m evaluated with PnP-ADMM settings tuned for
+               itself on the validation set ("Proposed (own settings)", ...),
+               ``proposed_seed<s>`` = the MTDEQ prior retrained with seed s ("Proposed (seed s)"),
+               anything else "<name> (extra)"; followed by the derived rows
+               "Proposed (own settings) vs. Gauss" and "Proposed (own settings) vs. Gauss + same
+               budget (own settings)" when both of their rows exist (ours only).
 ``<t>.provenance.json``
     scale, code version (git commit, versions), the config given by --config-json, the
     number and names of the images behind every cell, and the column description.
 ``<t>.md``
     a header naming the scale that produced our numbers, a table of ours with the paper's
     value in parentheses (bold = best, underlined = second best among kind "ours", per
-    column, on the values as printed), and a table of the differences ours - paper.
+    column, on the values as printed), a table of the differences ours - paper and, when
+    seed rows exist, the run-to-run spread |Proposed - Proposed (seed s)| per column.
+``spread.csv`` (both tables, always written; no data rows without seed rows)
+    columns table, task, seed, proposed, proposed_seed, spread = |proposed - proposed_seed| (dB).
+
+--methods restricts the tables to those method folders of --eval-dir (the workflow passes
+its list, so that extra evaluations lying in the same folder do not change Tables I-II).
 
 A method with no eval CSVs keeps its row when the paper reports it (our cells empty) and is
 dropped otherwise; cheap scales may skip methods.
@@ -31,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +72,21 @@ ROWS = (
     Row("proposed_vs_gauss", "Proposed vs. Gauss", "derived"),
     Row("proposed_vs_gauss_budget", "Proposed vs. Gauss + same budget", "derived"),
 )
-DERIVED = {"proposed_vs_gauss": ("proposed", "gauss"), "proposed_vs_gauss_budget": ("proposed", "gauss_budget")}
+DERIVED = {
+    "proposed_vs_gauss": ("proposed", "gauss"),
+    "proposed_vs_gauss_budget": ("proposed", "gauss_budget"),
+    "proposed_own_vs_gauss": ("proposed_own", "gauss"),
+    "proposed_own_vs_gauss_budget_own": ("proposed_own", "gauss_budget_own"),
+}
+# derived rows of the extra analysis, after the extra rows (ours only: the paper has no such row)
+EXTRA_DERIVED = (
+    Row("proposed_own_vs_gauss", "Proposed (own settings) vs. Gauss", "derived"),
+    Row("proposed_own_vs_gauss_budget_own", "Proposed (own settings) vs. Gauss + same budget (own settings)",
+        "derived"),
+)
+OWN_SUFFIX = "_own"
+SEED_ROW = re.compile(r"^proposed_seed(\d+)$")
+SPREAD_COLUMNS = ["table", "task", "seed", "proposed", "proposed_seed", "spread"]
 TABLES = {"table1": "Table I", "table2": "Table II"}
 TASK_LABELS = {
     "comp80": "Completion 80%",
@@ -91,12 +118,38 @@ def table_tasks(paper: pd.DataFrame, table: str) -> list[str]:
     return list(dict.fromkeys(paper.loc[paper["table"] == table, "task"]))
 
 
-def read_eval_dir(eval_dir: str | Path) -> pd.DataFrame:
-    """All per-image rows of ``<eval_dir>/<method>/<task>.csv`` in one long table."""
+def extra_label(key: str) -> str:
+    """Row label of an extra method: '<row> (own settings)', 'Proposed (seed s)' or '<key> (extra)'."""
+    labels = {row.key: row.label for row in ROWS if row.kind == "ours"}
+    if key.endswith(OWN_SUFFIX) and key.removesuffix(OWN_SUFFIX) in labels:
+        return f"{labels[key.removesuffix(OWN_SUFFIX)]} (own settings)"
+    seed = SEED_ROW.match(key)
+    if seed:
+        return f"Proposed (seed {seed.group(1)})"
+    return f"{key} (extra)"
+
+
+def _extra_order(key: str) -> tuple:
+    """Own-settings rows (in ROWS order), then seed rows (by seed), then any other extra (by name)."""
+    order = [row.key for row in ROWS]
+    if key.endswith(OWN_SUFFIX) and key.removesuffix(OWN_SUFFIX) in order:
+        return (0, order.index(key.removesuffix(OWN_SUFFIX)), key)
+    seed = SEED_ROW.match(key)
+    if seed:
+        return (1, int(seed.group(1)), key)
+    return (2, 0, key)
+
+
+def read_eval_dir(eval_dir: str | Path, methods: list[str] | None = None) -> pd.DataFrame:
+    """All per-image rows of ``<eval_dir>/<method>/<task>.csv`` (only these methods, when given) in one table."""
     eval_dir = Path(eval_dir)
-    files = sorted(eval_dir.glob("*/*.csv"))
+    if methods is None:
+        files = sorted(eval_dir.glob("*/*.csv"))
+    else:
+        files = sorted(f for m in dict.fromkeys(methods) for f in (eval_dir / m).glob("*.csv"))
     if not files:
-        raise FileNotFoundError(f"{eval_dir}: no per-image CSVs (<method>/<task>.csv) found")
+        which = "" if methods is None else f" for --methods {' '.join(methods)}"
+        raise FileNotFoundError(f"{eval_dir}: no per-image CSVs (<method>/<task>.csv) found{which}")
     frames = []
     for path in files:
         frame = pd.read_csv(path)
@@ -126,7 +179,8 @@ def build_table(means: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.Data
     our_methods = {m for m, _ in ours}
     paper_methods = {m for m, _ in theirs}
     known = {row.key for row in ROWS}
-    rows = list(ROWS) + [Row(m, f"{m} (extra)", "extra") for m in sorted(our_methods - known)]
+    extras = sorted(our_methods - known, key=_extra_order)
+    rows = list(ROWS) + [Row(m, extra_label(m), "extra") for m in extras] + list(EXTRA_DERIVED)
 
     def cell(source: dict, key: str, task: str) -> float:
         if key in DERIVED:
@@ -155,6 +209,26 @@ def build_table(means: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.Data
     return pd.DataFrame(records, columns=columns)
 
 
+def spread_rows(table: pd.DataFrame, name: str, tasks: list[str]) -> pd.DataFrame:
+    """Run-to-run spread |Proposed - Proposed (seed s)| per task of one wide table (SPREAD_COLUMNS).
+
+    One row per (task, seed) where both rows have a value; no rows without seed rows.
+    """
+    records = []
+    by_key = table.set_index("key")
+    if "proposed" in by_key.index:
+        for key in by_key.index:
+            seed = SEED_ROW.match(key)
+            if not seed:
+                continue
+            for task in tasks:
+                ours, other = by_key.loc["proposed", task], by_key.loc[key, task]
+                if pd.notna(ours) and pd.notna(other):
+                    records.append({"table": name, "task": task, "seed": int(seed.group(1)), "proposed": ours,
+                                    "proposed_seed": other, "spread": abs(ours - other)})
+    return pd.DataFrame(records, columns=SPREAD_COLUMNS)
+
+
 def _fmt(value: float, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -168,8 +242,9 @@ def ranks(table: pd.DataFrame, task: str) -> tuple[float | None, float | None]:
     return (distinct[0] if distinct else None, distinct[1] if len(distinct) > 1 else None)
 
 
-def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lines: list[str]) -> str:
-    """Markdown: header, ours (paper) table with bold best / underlined second, Δ table."""
+def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lines: list[str],
+                spread: pd.DataFrame | None = None) -> str:
+    """Markdown: header, ours (paper) table with bold best / underlined second, Δ table, spread (if any)."""
     best = {task: ranks(table, task) for task in tasks}
     head = "| Method | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |"
     rule = "|---|" + "---:|" * len(tasks)
@@ -194,6 +269,19 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
         if all(d == "—" for d in deltas):
             continue
         lines.append(f"| {row['method']} | " + " | ".join(deltas) + " |")
+    if spread is not None and len(spread):
+        lines += [
+            "", f"### {title}: run-to-run spread (dB)", "",
+            "|Proposed − Proposed (seed s)|: the MTDEQ prior retrained with seed s, all else equal. "
+            "A difference between two rows smaller than this is within run-to-run noise.", "",
+            "| Seed | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " | max | mean |",
+            "|---|" + "---:|" * (len(tasks) + 2),
+        ]
+        for seed, group in spread.groupby("seed", sort=True):
+            value = dict(zip(group["task"], group["spread"]))
+            cells = [_fmt(value.get(t, math.nan)) for t in tasks]
+            lines.append(f"| {seed} | " + " | ".join(cells)
+                         + f" | {_fmt(group['spread'].max())} | {_fmt(group['spread'].mean())} |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,14 +294,15 @@ class TableSettings:
     scale: str
     out_dir: str
     config_json: str | None = None
+    methods: tuple[str, ...] | None = None  # None -> every method folder of eval_dir
 
 
 def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
-    """Write <table>.csv, <table>.md, <table>.provenance.json for Tables I and II; return the tables."""
+    """Write <table>.csv, .md, .provenance.json for Tables I and II, and spread.csv; return the tables."""
     from mtdeq.io import atomic_write_text, provenance
 
     paper = read_paper(settings.paper)
-    per_image = read_eval_dir(settings.eval_dir)
+    per_image = read_eval_dir(settings.eval_dir, None if settings.methods is None else list(settings.methods))
     means = mean_psnr(per_image)
     config = None
     if settings.config_json:
@@ -221,10 +310,12 @@ def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
     record = provenance(config)
     commit = record["git_commit"][:10] + (" (uncommitted changes)" if record.get("git_dirty") else "")
     out_dir = Path(settings.out_dir)
-    result = {}
+    result, spreads = {}, []
     for name, title in TABLES.items():
         tasks = table_tasks(paper, name)
         table = build_table(means, paper, name)
+        spread = spread_rows(table, name, tasks)
+        spreads.append(spread)
         cells = means[means["task"].isin(tasks)]
         for task, group in cells.groupby("task"):
             if len(set(group["images"])) > 1:
@@ -236,6 +327,7 @@ def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
             "title": title,
             "scale": settings.scale,
             "eval_dir": str(settings.eval_dir),
+            "methods": None if settings.methods is None else list(settings.methods),
             "paper": str(settings.paper),
             "config_json": settings.config_json,
             "columns": "method, key, kind, then per task: <task> (ours, mean PSNR dB), "
@@ -256,17 +348,22 @@ def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
         atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.2f"))
         atomic_write_text(out_dir / f"{name}.provenance.json", json.dumps(sidecar, indent=2) + "\n")
         atomic_write_text(out_dir / f"{name}.md", to_markdown(table, tasks, title=f"{title} — scale {settings.scale}",
-                                                              header_lines=header))
+                                                              header_lines=header, spread=spread))
         result[name] = table
+    filled = [s for s in spreads if len(s)]
+    spread = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=SPREAD_COLUMNS)
+    atomic_write_text(out_dir / "spread.csv", spread.to_csv(index=False, float_format="%.4f"))
     return result
 
 
 def _run(args: argparse.Namespace) -> int:
     settings = TableSettings(eval_dir=args.eval_dir, paper=args.paper, scale=args.scale,
-                             out_dir=args.out_dir, config_json=args.config_json)
+                             out_dir=args.out_dir, config_json=args.config_json,
+                             methods=None if args.methods is None else tuple(args.methods))
     tables = make_tables(settings)
     for name, table in tables.items():
         print(f"{name}: {len(table)} row(s) -> {Path(args.out_dir) / name}.{{csv,md,provenance.json}}")
+    print(f"run-to-run spread -> {Path(args.out_dir) / 'spread.csv'}")
     return 0
 
 
@@ -279,6 +376,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--eval-dir", required=True, help="folder of <method>/<task>.csv, e.g. results/quick/eval")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="only these method folders of --eval-dir (default: every folder)")
     p.add_argument("--paper", required=True, help="results/paper/paper_tables.csv")
     p.add_argument("--scale", required=True, help="name of the scale that produced the eval CSVs (ci, quick, ...)")
     p.add_argument("--config-json", default=None, help="JSON dump of the run's config, stored in the provenance")

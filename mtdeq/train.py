@@ -34,17 +34,42 @@ run only has to restore model, optimiser and scheduler.  The resume state ``<out
 Rerunning the same command resumes from it (a checkpoint written with another config is
 ignored with a message) and ends, on CPU, with the same weights bit for bit as an
 uninterrupted run.  The final model goes to ``--out`` via ``mtdeq.models.save_checkpoint``
-(``load_prior`` reads it).  Because the draws of step k do not depend on how many processes
-run, a later data-parallel run can take its shard of the same full batch and resume from a
-checkpoint written with another world size.
+(``load_prior`` reads it).
+
+Data parallelism.  Under ``torchrun --nproc-per-node P`` (env WORLD_SIZE = P > 1, RANK,
+LOCAL_RANK) both stages join a process group (NCCL on CUDA, gloo on CPU) and wrap the model in
+DistributedDataParallel.  Every rank draws the *whole* batch of step k (crops, tasks, masks,
+noise) from ``step_generator(seed, k)`` and keeps its rows ``rank*B/P : (rank+1)*B/P``, so the
+effective batch stays the config's B (B must be divisible by P) and the data a run sees does
+not depend on P; this replaces a DistributedSampler, whose order would depend on P.
+``pretrain-denoiser`` lets DDP average the equal-sized per-rank mean losses (= the global
+mean).  ``train-deq`` back-propagates per task the *sum* of its valid losses under
+``no_sync`` for tasks 1..N-1 and synchronises on the last (DDP all-reduces the accumulated
+gradient, dividing by P), then all-reduces the valid count n and rescales by P / n: the
+gradient of the mean over all valid (image, task) pairs of the global batch, as on one
+process.  Solver statistics are gathered so the log and run totals are those of the global
+batch.  Rank 0 alone logs, shows progress, validates and writes checkpoints (with a barrier
+after each write); the resume state holds nothing per rank, so a run may resume with another
+P.  On one process none of this runs and results are unchanged.  Results with P > 1 equal
+the one-process run up to float rounding (batched convolutions sum in another order).
+
+Devices.  ``--device auto|cpu|cuda`` (auto: CUDA when available; under torchrun rank r uses
+cuda:LOCAL_RANK); cudnn.benchmark is switched on for CUDA (crop sizes are fixed, so the
+per-shape autotuning is paid once per active-batch size).  ``--amp bf16`` (CUDA only) runs the
+denoiser under bfloat16 autocast in the fixed-point solve and the JFB step; iterates, losses
+and parameters stay float32.  bf16 rounding (~4e-3 relative) puts a floor near 1e-6 under the
+fixed-point residual, so with the paper's tol 1e-7 solves tend to stop at max_iter: use it for
+speed studies or with a looser --tol.  The fixed-point solve runs under no_grad and its
+Anderson history is local to the call (freed on return); training memory is one JFB graph.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
-import math
+import json
 import os
 import random
 import sys
@@ -187,6 +212,123 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel run; world_size 1 is a plain single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, batch_size: int) -> slice:
+        """This rank's rows of a global batch of batch_size (divisible by world_size)."""
+        if batch_size % self.world_size:
+            raise ValueError(f"--batch-size {batch_size}: not divisible by the world size {self.world_size} "
+                             "(WORLD_SIZE); the global batch is split evenly over the processes")
+        per_rank = batch_size // self.world_size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+SINGLE = Dist()
+
+
+def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """(Dist, device) from torchrun's environment; joins the process group when WORLD_SIZE > 1.
+
+    Backend: NCCL when the device is CUDA (rank r on cuda:LOCAL_RANK), gloo on CPU.  Without
+    WORLD_SIZE (or WORLD_SIZE = 1) nothing is initialised: (SINGLE, resolve_device(device_name)).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: autotune each conv shape once
+    if world_size <= 1:
+        return SINGLE, device
+    import torch.distributed as torch_dist
+
+    if not torch_dist.is_available():
+        raise RuntimeError(f"WORLD_SIZE={world_size}: this torch build has no torch.distributed")
+    dist = Dist(rank=int(os.environ["RANK"]), world_size=world_size,
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(dist.local_rank)
+        device = torch.device("cuda", dist.local_rank)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist, device
+
+
+def teardown_distributed(dist: Dist) -> None:
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _wrap_ddp(model: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.Module:
+    """model itself on one process, else DDP(model); DDP broadcasts rank 0's weights on entry.
+
+    forward_sync_buffers=False: the fixed-point solve calls the model a different number of
+    times on each rank, so no forward may hold a collective (the backbones have no buffers).
+    """
+    if not dist.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+
+def _all_reduce(values: list[float], dist: Dist, device: torch.device, op: str = "sum") -> list[float]:
+    """Element-wise sum (or max) of a few numbers over the ranks (float64)."""
+    if not dist.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    reduce_op = torch.distributed.ReduceOp
+    torch.distributed.all_reduce(t, op=reduce_op.SUM if op == "sum" else reduce_op.MAX)
+    return t.tolist()
+
+
+def _check_same_step(start: int, dist: Dist, device: torch.device, path: Path) -> None:
+    """Every rank must have resumed from the same step (one resume file, on a shared filesystem)."""
+    lo, hi = _all_reduce([-start, start], dist, device, op="max")
+    if -lo != hi:
+        raise RuntimeError(f"{path}: ranks resumed from different steps ({-int(lo)}..{int(hi)}); the resume "
+                           "state must be one file visible to every rank (a shared filesystem)")
+
+
+def autocast(device: torch.device, amp: str):
+    """Context of the denoiser evaluations: bfloat16 autocast for --amp bf16 (CUDA only), else none."""
+    if amp in (None, "none"):
+        return contextlib.nullcontext()
+    if amp != "bf16":
+        raise ValueError(f"--amp: got {amp!r}, expected 'none' or 'bf16'")
+    if device.type != "cuda":
+        raise ValueError(f"--amp bf16: mixed precision is for GPU training; the device is {device} "
+                         "(use --amp none on CPU)")
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
+def _dump_rank_state(model: torch.nn.Module, dist: Dist) -> None:
+    """With $MTDEQ_RANK_STATE_DIR set, each rank writes its final weights to rank<r>.pt there
+    (a check that data-parallel ranks end identical; used by tests/test_ddp.py)."""
+    folder = os.environ.get("MTDEQ_RANK_STATE_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   Path(folder) / f"rank{dist.rank}.pt")
 
 
 def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -338,22 +480,37 @@ def _load_or_build_backbone(cfg: DenoiserTrainConfig):
     return load_prior(cfg.init, backbone=wanted)  # our checkpoint must agree with --backbone/--nc/--nb
 
 
-def denoiser_loss(model, x: torch.Tensor, generator: torch.Generator, cfg: DenoiserTrainConfig) -> torch.Tensor:
-    """Mean l1 | l2 of Q(x + sigma n, sigma) - x, sigma ~ U[sigma_min, sigma_max] per image."""
+def denoiser_loss(model, x: torch.Tensor, generator: torch.Generator, cfg: DenoiserTrainConfig,
+                  rows: slice | None = None) -> torch.Tensor:
+    """Mean l1 | l2 of Q(x + sigma n, sigma) - x, sigma ~ U[sigma_min, sigma_max] per image.
+
+    x: the whole batch (B, 3, C, C); sigma (B,) and n are drawn for all of it, then only
+    ``rows`` (a data-parallel rank's share; None: all) are denoised.
+    """
     sigma = cfg.sigma_min + (cfg.sigma_max - cfg.sigma_min) * torch.rand(x.shape[0], generator=generator)
     sigma = sigma.to(x)
-    noisy = x + sigma.view(-1, 1, 1, 1) * _randn(x.shape, generator, x)
+    noise = _randn(x.shape, generator, x)
+    if rows is not None:
+        x, sigma, noise = x[rows], sigma[rows], noise[rows]
+    noisy = x + sigma.view(-1, 1, 1, 1) * noise
     err = model(noisy, sigma) - x
     return err.abs().mean() if cfg.loss == "l1" else err.pow(2).mean()
 
 
 def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = "cpu", resume: bool = True,
-                      quiet: bool = False, stop_after: int | None = None) -> Path:
-    """Train (or, with steps 0, just convert) a Gaussian denoiser; writes cfg.out and returns it."""
+                      quiet: bool = False, stop_after: int | None = None, dist: Dist = SINGLE,
+                      amp: str = "none") -> Path:
+    """Train (or, with steps 0, just convert) a Gaussian denoiser; writes cfg.out and returns it.
+
+    dist: this process's rank in a data-parallel run (see the module docstring); amp: 'none'
+    or 'bf16' (CUDA).
+    """
     from tqdm import tqdm
 
     device = torch.device(device)
-    log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    autocast(device, amp)  # fail early on --amp bf16 without CUDA
+    rows = dist.rows(cfg.batch_size) if dist.enabled and cfg.steps > 0 else None
+    log = (lambda msg: None) if quiet or not dist.is_main else (lambda msg: print(msg, file=sys.stderr))
     model, backbone = _load_or_build_backbone(cfg)
     model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -364,8 +521,10 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
     if resume and cfg.steps > 0:
         start, totals = load_train_state(state_path, stage="pretrain-denoiser", cfg=cfg, model=model,
                                          optimizer=optimizer, scheduler=scheduler, log=log)
+        _check_same_step(start, dist, device, state_path)
+    net = _wrap_ddp(model, dist, device) if cfg.steps > 0 else model  # forward/backward go through net
     totals = {"skipped_steps": 0, **totals}
-    log_csv = CsvLog(cfg.log_csv, ["step", "loss", "val_psnr", "lr", "seconds"], start)
+    log_csv = CsvLog(cfg.log_csv if dist.is_main else None, ["step", "loss", "val_psnr", "lr", "seconds"], start)
     data = _open_dataset(cfg.train_dirs, cfg.crop) if cfg.steps > 0 else None
     val_x = _load_val_crops(cfg.val_dir, cfg.crop, cfg.val_images)
     if val_x is not None:
@@ -378,17 +537,21 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
         with torch.no_grad():
             return _mean_psnr(model(val_noisy, VAL_SIGMA), val_x)
 
-    if start == 0 and val_x is not None:
+    if start == 0 and val_x is not None and dist.is_main:
         log_csv.write(step=0, val_psnr=validate(), lr=cfg.lr)
-    bar = tqdm(total=cfg.steps, initial=start, disable=quiet, desc="pretrain-denoiser", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, disable=quiet or not dist.is_main, desc="pretrain-denoiser",
+               dynamic_ncols=True)
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         g = step_generator(cfg.seed, step)
-        x = data.sample_batch(g, cfg.batch_size).to(device)
+        x = data.sample_batch(g, cfg.batch_size).to(device)  # the whole batch, on every rank
         lr = optimizer.param_groups[0]["lr"]
         optimizer.zero_grad(set_to_none=True)
-        loss = denoiser_loss(model, x, g, cfg)
-        loss.backward()
+        with autocast(device, amp):
+            loss = denoiser_loss(net, x, g, cfg, rows)
+        loss.backward()  # DDP: gradients averaged over ranks = gradient of the global mean
+        if dist.enabled:  # the loss of the whole batch: mean of the equal-sized rank means
+            loss = torch.tensor(_all_reduce([float(loss.detach())], dist, device)[0] / dist.world_size)
         if torch.isfinite(loss) and _grads_finite(model):
             optimizer.step()
         else:
@@ -396,17 +559,24 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
             log(f"step {step}: non-finite loss or gradient, update skipped")
         _scheduler_step(scheduler)
         seconds = time.perf_counter() - t0
-        val = validate() if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps else None
+        val = None
+        if dist.is_main and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps):
+            val = validate()
         log_csv.write(step=step, loss=float(loss.detach()), val_psnr=val, lr=lr, seconds=seconds)
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-            save_train_state(state_path, stage="pretrain-denoiser", cfg=cfg, backbone=backbone, step=step,
-                             model=model, optimizer=optimizer, scheduler=scheduler, totals=totals)
+            if dist.is_main:
+                save_train_state(state_path, stage="pretrain-denoiser", cfg=cfg, backbone=backbone, step=step,
+                                 model=model, optimizer=optimizer, scheduler=scheduler, totals=totals)
+            dist.barrier()  # the state is on disk before any rank goes on (or stops)
         if stop_after is not None and step == stop_after:
             os._exit(CRASH_EXIT_CODE)  # simulated crash (tests): no clean-up, no final checkpoint
     bar.close()
-    _save_final(cfg, "pretrain-denoiser", model, backbone, cfg.steps, totals)
+    if dist.is_main:
+        _save_final(cfg, "pretrain-denoiser", model, backbone, cfg.steps, totals)
+    _dump_rank_state(model, dist)
+    dist.barrier()
     return Path(cfg.out)
 
 
@@ -437,14 +607,16 @@ class DEQStepStats:
     seconds: float = 0.0
 
 
-def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DEQTrainConfig) -> TaskOutcome:
+def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DEQTrainConfig,
+               rows: slice | None = None) -> TaskOutcome:
     """Lines 84-91 of Algorithm 1 for one task on a batch x (B, 3, H, W).
 
     y = A x + sigma_noise eps through ``mtdeq.tasks.degrade`` (the test-time noise model: SR crops
     x to the scale multiple, inpainting masks the noise) with a seed drawn from ``generator``;
     z* = fixed point of Eq. (3) from op.init(y) with sigma_denoise = eta sigma_noise (no autograd);
     out = f(z*) with autograd (JFB); per-image loss mean((out - x)^2).  An image is valid when its
-    solve did not diverge and its loss is finite.
+    solve did not diverge and its loss is finite.  The whole batch is degraded (the noise of an
+    image does not depend on how the batch is split); only ``rows`` (None: all) are solved.
     """
     from mtdeq.solvers import fb_map, fixed_point, jfb_output
     from mtdeq.tasks import degrade
@@ -452,6 +624,8 @@ def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DE
     noise_seed = int(torch.randint(2**62, (1,), generator=generator))
     deg = degrade(task, x, seed=noise_seed)
     op, y, x = deg.op, deg.y, deg.x_gt
+    if rows is not None:  # the operators are batch-independent: only y and x are split
+        y, x = y[rows], x[rows]
     f = fb_map(op, y, model, eta=cfg.eta, sigma_denoise=cfg.eta * task.sigma_noise)
     z_star, info = fixed_point(f, op.init(y), tol=cfg.tol, max_iter=cfg.max_iter, diverge_at=cfg.diverge_at,
                                method=cfg.solver)
@@ -463,33 +637,59 @@ def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DE
 
 
 def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Generator,
-             cfg: DEQTrainConfig) -> DEQStepStats:
+             cfg: DEQTrainConfig, *, dist: Dist = SINGLE, amp: str = "none") -> DEQStepStats:
     """One optimiser step of Algorithm 1 on crops x (B, 3, H, W) with the N given tasks.
 
     Each task's summed valid losses are back-propagated as soon as they are computed (only one
     JFB graph is alive at a time); the accumulated gradient is then divided by the number of
     valid (image, task) pairs, which gives the gradient of L = mean of the valid L_i.  No valid
     pair, or a non-finite gradient, skips the update.
+
+    Data-parallel (dist.enabled; model is the DDP wrapper): x is the whole batch, this rank
+    solves dist.rows(B).  Tasks 1..N-1 back-propagate under no_sync; the last task always
+    back-propagates (0 * sum of the weights where it has no valid pair) so that every rank joins DDP's
+    all-reduce, which leaves (sum over ranks)/P in .grad; the global n then gives the scale
+    P / n.  The statistics returned are those of the whole batch, in one-process order.
     """
     optimizer.zero_grad(set_to_none=True)
     stats = DEQStepStats(step=0, loss=None, tasks=list(tasks))
+    rows = dist.rows(x.shape[0]) if dist.enabled else None
+    device = next(model.parameters()).device
     loss_sum = 0.0
-    for task in tasks:
-        o = solve_task(model, x, task, generator, cfg)
-        stats.iterations += o.iterations
-        stats.status += o.status
-        if o.valid.any():
-            total = o.per_image_loss[o.valid].sum()
-            total.backward()
-            loss_sum += float(total.detach())
-            stats.n_valid += int(o.valid.sum())
+    per_task = []  # (iterations, status) of this rank's images, per task
+    for t, task in enumerate(tasks):
+        last = t == len(tasks) - 1
+        sync = model.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(device, amp):
+                o = solve_task(model, x, task, generator, cfg, rows=rows)
+            per_task.append((o.iterations, o.status))
+            total = None
+            if o.valid.any():
+                total = o.per_image_loss[o.valid].sum()
+            elif dist.enabled and last:  # join DDP's all-reduce with exact zeros (no 0 * inf from invalid rows)
+                total = sum(p.sum() for p in model.parameters()) * 0.0
+            if total is not None:
+                total.backward()
+                loss_sum += float(total.detach())
+                stats.n_valid += int(o.valid.sum())
+    if dist.enabled:
+        n_valid, loss_sum = _all_reduce([stats.n_valid, loss_sum], dist, device)
+        stats.n_valid = int(round(n_valid))
+        gathered = [None] * dist.world_size
+        torch.distributed.all_gather_object(gathered, per_task)
+        per_task = [(sum((r[t][0] for r in gathered), []), sum((r[t][1] for r in gathered), []))
+                    for t in range(len(tasks))]
+    for iterations, status in per_task:
+        stats.iterations += iterations
+        stats.status += status
     if stats.n_valid == 0:
         stats.skipped = True
         optimizer.zero_grad(set_to_none=True)
         return stats
     for p in model.parameters():
         if p.grad is not None:
-            p.grad.div_(stats.n_valid)
+            p.grad.div_(stats.n_valid if not dist.enabled else stats.n_valid / dist.world_size)
     stats.loss = loss_sum / stats.n_valid
     if not _grads_finite(model):
         stats.skipped = True
@@ -526,11 +726,13 @@ DEQ_LOG_COLUMNS = ["step", "loss", "val_psnr", "fp_iter_mean", "fp_iter_max", "p
 
 
 def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume: bool = True, quiet: bool = False,
-              stop_after: int | None = None, on_step: Callable[[DEQStepStats], None] | None = None) -> dict:
+              stop_after: int | None = None, on_step: Callable[[DEQStepStats], None] | None = None,
+              dist: Dist = SINGLE, amp: str = "none") -> dict:
     """Algorithm 1: fine-tune the prior cfg.init on cfg.task_set; writes cfg.out, returns run totals.
 
     totals: solves, converged, max_iter, diverged (fixed-point solves, one per image and task),
-    skipped_steps.
+    skipped_steps.  dist: this process's rank in a data-parallel run (module docstring); amp:
+    'none' or 'bf16' (CUDA).
     """
     from tqdm import tqdm
 
@@ -538,7 +740,9 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
     from mtdeq.tasks import TASK_SETS
 
     device = torch.device(device)
-    log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    dist.rows(cfg.batch_size)  # fail early when the batch does not split over the ranks
+    autocast(device, amp)  # fail early on --amp bf16 without CUDA
+    log = (lambda msg: None) if quiet or not dist.is_main else (lambda msg: print(msg, file=sys.stderr))
     model, backbone = load_prior(cfg.init)
     model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -551,22 +755,25 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
     if resume:
         start, totals = load_train_state(state_path, stage="train-deq", cfg=cfg, model=model,
                                          optimizer=optimizer, scheduler=scheduler, log=log)
+        _check_same_step(start, dist, device, state_path)
+    net = _wrap_ddp(model, dist, device)  # the training forwards/backwards go through net
     totals = {"solves": 0, "converged": 0, "max_iter": 0, "diverged": 0, "skipped_steps": 0, **totals}
-    log_csv = CsvLog(cfg.log_csv, DEQ_LOG_COLUMNS, start)
+    log_csv = CsvLog(cfg.log_csv if dist.is_main else None, DEQ_LOG_COLUMNS, start)
     data = _open_dataset(cfg.train_dirs, cfg.crop)
     task_set = TASK_SETS[cfg.task_set]
-    validate = _deq_validation(model, cfg, device)
-    if start == 0 and cfg.val_dir is not None:
+    validate = _deq_validation(model, cfg, device) if dist.is_main else (lambda: None)
+    if start == 0 and cfg.val_dir is not None and dist.is_main:
         log_csv.write(step=0, val_psnr=validate(), lr=cfg.lr)
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=quiet, desc=f"train-deq {cfg.task_set}", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, disable=quiet or not dist.is_main, desc=f"train-deq {cfg.task_set}",
+               dynamic_ncols=True)
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         g = step_generator(cfg.seed, step)  # crops, flips, tasks, masks and noise of this step
-        x = data.sample_batch(g, cfg.batch_size).to(device)
+        x = data.sample_batch(g, cfg.batch_size).to(device)  # the whole batch, on every rank
         tasks = [task_set.sample(g) for _ in range(cfg.n_tasks)]
         lr = optimizer.param_groups[0]["lr"]
-        stats = deq_step(model, optimizer, x, tasks, g, cfg)
+        stats = deq_step(net, optimizer, x, tasks, g, cfg, dist=dist, amp=amp)
         _scheduler_step(scheduler)
         stats.step, stats.lr, stats.seconds = step, lr, time.perf_counter() - t0
 
@@ -589,12 +796,17 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
         bar.set_postfix(loss="skipped" if stats.loss is None else f"{stats.loss:.4g}",
                         it=f"{np.mean(stats.iterations):.0f}")
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-            save_train_state(state_path, stage="train-deq", cfg=cfg, backbone=backbone, step=step, model=model,
-                             optimizer=optimizer, scheduler=scheduler, totals=totals)
+            if dist.is_main:
+                save_train_state(state_path, stage="train-deq", cfg=cfg, backbone=backbone, step=step, model=model,
+                                 optimizer=optimizer, scheduler=scheduler, totals=totals)
+            dist.barrier()  # the state is on disk before any rank goes on (or stops)
         if stop_after is not None and step == stop_after:
             os._exit(CRASH_EXIT_CODE)  # simulated crash (tests): no clean-up, no final checkpoint
     bar.close()
-    _save_final(cfg, "train-deq", model, backbone, cfg.steps, totals)
+    if dist.is_main:
+        _save_final(cfg, "train-deq", model, backbone, cfg.steps, totals)
+    _dump_rank_state(model, dist)
+    dist.barrier()
     return totals
 
 
@@ -612,7 +824,10 @@ def convergence_summary(totals: dict) -> str:
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to train; bit-identical resume is guaranteed on cpu")
+                   help="where to train (auto: cuda when available; under torchrun rank r uses cuda:LOCAL_RANK); "
+                        "bit-identical resume is guaranteed on cpu")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="bf16: bfloat16 autocast of the denoiser (CUDA only; see the train module docstring)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from <out>.ckpt when it was written with the same config (default: on)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no messages except the summary")
@@ -701,19 +916,29 @@ def _apply_threads(args) -> None:
 def _cmd_pretrain_denoiser(args) -> int:
     _apply_threads(args)
     cfg = config_from_args(DenoiserTrainConfig, args)
-    out = pretrain_denoiser(cfg, device=resolve_device(args.device), resume=args.resume, quiet=args.quiet,
-                            stop_after=args.stop_after)
-    print(f"wrote {out}")
+    dist, device = setup_distributed(args.device)
+    try:
+        out = pretrain_denoiser(cfg, device=device, resume=args.resume, quiet=args.quiet,
+                                stop_after=args.stop_after, dist=dist, amp=args.amp)
+    finally:
+        teardown_distributed(dist)
+    if dist.is_main:
+        print(f"wrote {out}")
     return 0
 
 
 def _cmd_train_deq(args) -> int:
     _apply_threads(args)
     cfg = config_from_args(DEQTrainConfig, args)
-    totals = train_deq(cfg, device=resolve_device(args.device), resume=args.resume, quiet=args.quiet,
-                       stop_after=args.stop_after)
-    print(convergence_summary(totals))
-    print(f"wrote {cfg.out}")
+    dist, device = setup_distributed(args.device)
+    try:
+        totals = train_deq(cfg, device=device, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after,
+                           dist=dist, amp=args.amp)
+    finally:
+        teardown_distributed(dist)
+    if dist.is_main:
+        print(convergence_summary(totals))
+        print(f"wrote {cfg.out}")
     return 0
 
 
@@ -723,38 +948,73 @@ BENCH_COLUMNS = ["stage", "solver", "backbone", "nc", "nb", "init", "crop", "bat
                  "pct_converged", "pct_diverged", "git_commit"]
 
 
+# Defaults of ``bench train`` without --config: the quick scale's FFDNet prior.
+BENCH_DEFAULTS = dict(backbone="ffdnet", nc=[96], nb=12, init="data/weights/ffdnet_color.pth",
+                      train_dirs=["data/BSDS500/train"], crop=64, batch_size=2, n_tasks=5, eta=0.49, tol=1e-7,
+                      max_iter=350, solvers=["plain", "anderson"], out="results/bench/train.csv")
+
+
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``bench train`` (defaults: the quick scale's FFDNet prior)."""
-    p.add_argument("--backbone", choices=("drunet", "ffdnet"), default="ffdnet")
-    p.add_argument("--nc", type=int, nargs="+", default=[96])
-    p.add_argument("--nb", type=int, default=12)
-    p.add_argument("--init", default="data/weights/ffdnet_color.pth",
+    """Arguments of ``bench train``: a timing run, or with --config the projection of a full run."""
+    p.add_argument("--config", default=None,
+                   help="projection mode: time one Algorithm 1 step at the size of this YAML (merged over "
+                        "--base-config: model, deq.crop/batch_size/solver/max_iter/eta, priors.*.n_tasks/steps) "
+                        "and write the projected CPU- and GPU-hours of its training runs "
+                        "(default --out results/bench/paper_projection.csv); flags given explicitly override "
+                        "the YAML")
+    p.add_argument("--base-config", default="config/config.yaml", help="config the --config file overrides")
+    p.add_argument("--assume-iters", type=float, default=50.0,
+                   help="projection: ASSUMED mean fixed-point iterations per solve of the full run (not "
+                        "measured: the paper only reports < 350 in > 99%% of solves; results/bench/solvers.csv "
+                        "has medians 21-52 and means 26-350 for the FFDNet prior at 64x64)")
+    p.add_argument("--gpu-speedup", type=float, default=100.0,
+                   help="projection: ASSUMED speed ratio of one GPU to this CPU process (not measured); "
+                        "GPU-hours = CPU-hours / this")
+    p.add_argument("--gpu-tflops", type=float, default=50.0,
+                   help="projection: ASSUMED sustained TFLOP/s of one GPU on this network (not measured); "
+                        "second estimate: GPU-hours = counted FLOP / this")
+    p.add_argument("--probe-iters", type=int, nargs=2, default=[1, 4], metavar=("K1", "K2"),
+                   help="projection: time a step with exactly K1 and K2 fixed-point iterations (tol 0); the "
+                        "difference gives the cost of one iteration, the rest the JFB step")
+    p.add_argument("--measure-batch", type=int, default=1,
+                   help="projection: images per timed step (the cost is scaled linearly to the config's batch)")
+    p.add_argument("--backbone", choices=("drunet", "ffdnet"), default=None)
+    p.add_argument("--nc", type=int, nargs="+", default=None)
+    p.add_argument("--nb", type=int, default=None)
+    p.add_argument("--init", default=None,
                    help="weights (checkpoint or KAIR .pth; realistic iteration counts need trained weights); "
-                        "'none' for random weights")
-    p.add_argument("--train-dirs", nargs="+", default=["data/BSDS500/train"])
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--n-tasks", type=int, default=5)
+                        "'none' for random weights (projection: random when the config's weights are absent)")
+    p.add_argument("--train-dirs", nargs="+", default=None)
+    p.add_argument("--crop", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--n-tasks", type=int, default=None)
     p.add_argument("--steps", type=int, default=2, help="timed steps per measurement (after one warm-up step)")
-    p.add_argument("--eta", type=float, default=0.49)
-    p.add_argument("--tol", type=float, default=1e-7)
-    p.add_argument("--max-iter", type=int, default=350)
-    p.add_argument("--solvers", nargs="+", choices=("plain", "anderson"), default=["plain", "anderson"])
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--tol", type=float, default=None)
+    p.add_argument("--max-iter", type=int, default=None)
+    p.add_argument("--solvers", nargs="+", choices=("plain", "anderson"), default=None)
     p.add_argument("--task-set", default="mtdeq")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    p.add_argument("--out", default="results/bench/train.csv", help="CSV to write")
+    p.add_argument("--out", default=None, help="CSV to write (default results/bench/train.csv, or "
+                                                 "results/bench/paper_projection.csv with --config)")
 
 
 def run_bench(args) -> int:
     """Seconds per MTDEQ step (plain and Anderson, with mean fixed-point iterations) and per
-    denoiser step, for one model size and crop; writes args.out (CSV)."""
+    denoiser step, for one model size and crop; writes args.out (CSV).  With --config: the
+    projected CPU- and GPU-hours of that config's training runs."""
     from mtdeq.io import atomic_write_text, provenance
     from mtdeq.models import BackboneConfig, build_backbone, load_prior
     from mtdeq.tasks import TASK_SETS
 
+    if args.config:
+        return run_projection(args)
+    for key, value in BENCH_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -816,3 +1076,203 @@ def run_bench(args) -> int:
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+# --------------------------------------------------------------------------- bench train --config
+PROJECTION_COLUMNS = [
+    "run", "stage", "task_set", "n_tasks", "batch_size", "crop", "steps", "assumed_mean_iters",
+    "seconds_per_fp_iter_per_image", "seconds_jfb_per_image", "seconds_denoiser_step_per_image",
+    "projected_seconds_per_step_cpu", "cpu_hours", "assumed_gpu_speedup", "gpu_hours",
+    "tflop_per_step", "pflop_total", "assumed_gpu_tflops", "gpu_hours_flop_based",
+    "measured_step_seconds", "measured_step", "gflop_per_forward", "cpu_gflops", "backbone", "nc", "nb",
+    "weights", "solver", "max_iter", "threads", "device", "config", "git_commit",
+]
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    """base with override's keys replaced; nested dicts merged key by key (as Snakemake does)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_run_config(path: str, base: str | None) -> dict:
+    """The YAML at path merged over the YAML at base (None or missing: path alone)."""
+    import yaml
+
+    def read(p):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"bench train --config: {p} not found")
+        return yaml.safe_load(Path(p).read_text()) or {}
+
+    config = read(path)
+    return _deep_merge(read(base), config) if base and Path(base).resolve() != Path(path).resolve() else config
+
+
+def _conv_gflop(model: torch.nn.Module, x: torch.Tensor, sigma: float) -> float:
+    """GFLOP (2 per multiply-add) of the convolutions of one forward on x, counted by hooks."""
+    total = [0.0]
+
+    def hook(module, inputs, output):
+        taps = module.kernel_size[0] * module.kernel_size[1]
+        if isinstance(module, torch.nn.ConvTranspose2d):  # each input entry meets taps x C_out/groups weights
+            total[0] += 2.0 * inputs[0].numel() * taps * module.out_channels // module.groups
+        else:  # each output entry sums taps x C_in/groups products
+            total[0] += 2.0 * output.numel() * taps * module.in_channels // module.groups
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    with torch.no_grad():
+        model(x, sigma)
+    for h in handles:
+        h.remove()
+    return total[0] / 1e9
+
+
+def run_projection(args) -> int:
+    """Projected CPU- and GPU-hours of the training runs of --config (e.g. config/paper.yaml).
+
+    Measured on this machine: t(K), the seconds of one Algorithm 1 step (``deq_step``) on
+    --measure-batch crops with one task (blur1.6) and exactly K fixed-point iterations (tol 0),
+    for K = K1, K2 after a warm-up step.  Per image and task:
+
+        t_iter = (t(K2) - t(K1)) / ((K2 - K1) b)        one fixed-point iteration (a denoiser forward)
+        t_jfb  = t(K1) / b - K1 t_iter                  degradation, init, JFB forward + backward
+
+    Projected (linear in batch and N; ASSUMED: --assume-iters mean iterations, --gpu-speedup):
+
+        seconds/step = B N (assume_iters t_iter + t_jfb);  CPU-hours = steps seconds/step / 3600
+        GPU-hours = CPU-hours / gpu_speedup
+
+    and, from the convolution FLOP F of one forward (counted, not timed) with a JFB step taken as
+    3 forwards: FLOP/step = B N (assume_iters + 3) F, GPU-hours = steps FLOP/step / --gpu-tflops
+    for each prior of the config (priors.<name>: task_set, n_tasks, steps; deq: batch_size, crop),
+    for the Gauss + same budget control (a denoiser step per image, same steps/batch as MTDEQ) and
+    the Gaussian pretraining (denoiser.steps; 0 means convert only).  Writes args.out (CSV,
+    PROJECTION_COLUMNS, one row per run and a total) and <out>.provenance.json.
+    """
+    from mtdeq.io import atomic_write_text, provenance
+    from mtdeq.models import BackboneConfig, build_backbone, load_prior
+    from mtdeq.tasks import TEST_TASKS
+
+    config = load_run_config(args.config, args.base_config)
+    model_cfg, deq, priors = config.get("model", {}), config.get("deq", {}), config.get("priors", {})
+    pick = lambda flag, value: value if flag is None else flag  # noqa: E731  explicit flags win
+    backbone = BackboneConfig(name=pick(args.backbone, model_cfg["backbone"]), nc=tuple(pick(args.nc, model_cfg["nc"])),
+                              nb=pick(args.nb, model_cfg["nb"]))
+    crop, batch = pick(args.crop, deq["crop"]), pick(args.batch_size, deq["batch_size"])
+    solver = pick(args.solvers, [deq.get("solver", "plain")])[0]
+    max_iter, eta = pick(args.max_iter, deq.get("max_iter", 350)), pick(args.eta, deq.get("eta", 0.49))
+    k1, k2 = args.probe_iters
+    _check(0 < k1 < k2, "--probe-iters", args.probe_iters, "two iteration counts 0 < K1 < K2")
+    _check(0 < args.assume_iters <= max_iter, "--assume-iters", args.assume_iters, f"in (0, max_iter={max_iter}]")
+    _check(args.gpu_speedup > 0, "--gpu-speedup", args.gpu_speedup, "a positive speed ratio")
+    _check(args.gpu_tflops > 0, "--gpu-tflops", args.gpu_tflops, "a positive throughput")
+    out = Path(args.out or "results/bench/paper_projection.csv")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Denormal activations slow CPU convolutions many-fold; flushing them changes nothing visible.
+    torch.set_flush_denormal(True)
+    device = resolve_device(args.device)
+    weights = args.init if args.init is not None else model_cfg.get("weights", {}).get("path")
+    wanted = weights is not None and str(weights).lower() != "none"
+    if wanted and Path(weights).is_file():
+        base = load_prior(weights, backbone=backbone)[0]
+        weights_note = str(weights)
+    else:
+        torch.manual_seed(args.seed)  # timing only: random weights have the same cost
+        base = build_backbone(backbone)
+        weights_note = f"random init ({weights} absent)" if wanted else "random init"
+    model = base.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    dirs = [d for d in pick(args.train_dirs, config.get("data", {}).get("train_dirs", [])) if Path(d).is_dir()]
+    if dirs:
+        x = _open_dataset(dirs, crop).sample_batch(step_generator(args.seed, 0), args.measure_batch).to(device)
+    else:  # no training images here: uniform noise crops cost the same
+        x = torch.rand(args.measure_batch, 3, crop, crop, generator=step_generator(args.seed, 0)).to(device)
+    task = TEST_TASKS["blur1.6"]
+    gflop = _conv_gflop(model, x[:1], 0.05)
+
+    def timed_step(k: int) -> float:
+        cfg = DEQTrainConfig(out="bench", init="bench", train_dirs=("bench",), n_tasks=1, crop=crop,
+                             batch_size=args.measure_batch, lr=args.lr, eta=eta, tol=0.0, max_iter=k, solver=solver)
+        t0 = time.perf_counter()
+        deq_step(model, optimizer, x, [task], step_generator(args.seed, k), cfg)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    print(f"bench train --config {args.config}: {backbone.name} nc {list(backbone.nc)} nb {backbone.nb}, "
+          f"{weights_note}, crop {crop}, {args.measure_batch} image(s) per timed step", flush=True)
+    timed_step(1)  # warm-up: allocations, kernel choice
+    t1, t2 = timed_step(k1), timed_step(k2)
+    b = args.measure_batch
+    t_iter = max((t2 - t1) / ((k2 - k1) * b), 0.0)
+    t_jfb = max(t1 / b - k1 * t_iter, 0.0)
+    dcfg = DenoiserTrainConfig(out="bench", train_dirs=("bench",), backbone=backbone.name, nc=backbone.nc,
+                               nb=backbone.nb, crop=crop, batch_size=b, steps=1, lr=args.lr)
+    t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    denoiser_loss(model, x, step_generator(args.seed, 1), dcfg).backward()
+    optimizer.step()
+    t_den = (time.perf_counter() - t0) / b
+    print(f"measured: {t2:.1f} s for a step with {k2} iterations; {t_iter:.2f} s per fixed-point iteration "
+          f"per image, {t_jfb:.2f} s JFB per image, {t_den:.2f} s per denoiser step per image "
+          f"({gflop:.1f} GFLOP per forward, {gflop / max(t_iter, 1e-9):.1f} GFLOP/s)", flush=True)
+
+    common = dict(assumed_gpu_speedup=args.gpu_speedup, assumed_gpu_tflops=args.gpu_tflops, measured_step_seconds=t2,
+                  measured_step=f"{b} image(s), 1 task (blur1.6), {k2} fixed-point iterations",
+                  seconds_per_fp_iter_per_image=t_iter, seconds_jfb_per_image=t_jfb,
+                  seconds_denoiser_step_per_image=t_den, gflop_per_forward=gflop,
+                  cpu_gflops=gflop / t_iter if t_iter > 0 else None, backbone=backbone.name,
+                  nc=" ".join(map(str, backbone.nc)), nb=backbone.nb, weights=weights_note, solver=solver,
+                  max_iter=max_iter, threads=torch.get_num_threads(), device=str(device), config=args.config,
+                  git_commit=provenance()["git_commit"])
+    rows = []
+    for name, prior in priors.items():
+        n_tasks = pick(args.n_tasks, prior["n_tasks"])
+        seconds = batch * n_tasks * (args.assume_iters * t_iter + t_jfb)
+        rows.append(dict(run=name, stage="train-deq", task_set=prior["task_set"], n_tasks=n_tasks, batch_size=batch,
+                         crop=crop, steps=int(prior["steps"]), assumed_mean_iters=args.assume_iters,
+                         projected_seconds_per_step_cpu=seconds,
+                         tflop_per_step=batch * n_tasks * (args.assume_iters + 3) * gflop / 1e3))
+    if "mtdeq" in priors:  # Gauss + same budget: denoiser steps with the MTDEQ prior's steps and batch
+        rows.append(dict(run="gauss_budget", stage="pretrain-denoiser", batch_size=batch, crop=crop,
+                         steps=int(priors["mtdeq"]["steps"]), projected_seconds_per_step_cpu=batch * t_den,
+                         tflop_per_step=batch * 3 * gflop / 1e3))
+    den = config.get("denoiser", {})
+    if int(den.get("steps", 0)) > 0:  # Gaussian pretraining (0: the given weights are converted only)
+        scale = (den.get("crop", crop) / crop) ** 2
+        rows.append(dict(run="gauss", stage="pretrain-denoiser", batch_size=den.get("batch_size", batch),
+                         crop=den.get("crop", crop), steps=int(den["steps"]),
+                         projected_seconds_per_step_cpu=den.get("batch_size", batch) * t_den * scale,
+                         tflop_per_step=den.get("batch_size", batch) * 3 * gflop * scale / 1e3))
+    for row in rows:
+        row["cpu_hours"] = row["steps"] * row["projected_seconds_per_step_cpu"] / 3600
+        row["gpu_hours"] = row["cpu_hours"] / args.gpu_speedup
+        row["pflop_total"] = row["steps"] * row["tflop_per_step"] / 1e3
+        row["gpu_hours_flop_based"] = row["pflop_total"] * 1e3 / args.gpu_tflops / 3600
+    rows.append({"run": "total", **{k: sum(r[k] for r in rows)
+                                    for k in ("cpu_hours", "gpu_hours", "pflop_total", "gpu_hours_flop_based")}})
+    for row in rows:
+        row.update({k: v for k, v in common.items() if k not in row})
+        print(f"{row['run']:13s} {row.get('steps') or '':>7} steps  {row['cpu_hours']:12.1f} CPU-hours  "
+              f"{row['gpu_hours']:9.1f} GPU-hours (assumed GPU speed-up {args.gpu_speedup:g}); "
+              f"{row['pflop_total']:10.0f} PFLOP = {row['gpu_hours_flop_based']:7.1f} GPU-hours at an assumed "
+              f"{args.gpu_tflops:g} TFLOP/s", flush=True)
+
+    lines = [",".join(PROJECTION_COLUMNS)]
+    lines += [",".join(_csv_cell(r.get(c)) for c in PROJECTION_COLUMNS) for r in rows]
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    atomic_write_text(out.with_name(out.name + ".provenance.json"),
+                      json.dumps(provenance({"args": settings, "config": config}), indent=2, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+def _csv_cell(value) -> str:
+    text = str(_fmt(value))
+    return f'"{text}"' if "," in text else text

@@ -45,7 +45,7 @@ def blessed(tmp_path):
 def test_bless_writes_reference(blessed):
     names = sorted(p.name for p in blessed.iterdir())
     assert names == sorted(["fig2.png", "table1.csv", "table1.md", "table1.provenance.json",
-                            "table2.csv", "table2.md", "table2.provenance.json"])
+                            "table2.csv", "table2.md", "table2.provenance.json", "spread.csv"])
     assert json.loads((blessed / "table1.provenance.json").read_text())["scale"] == "ci"
 
 
@@ -93,3 +93,42 @@ def test_other_scale_is_refused(blessed, tmp_path, capsys):
     # blessing quick results into the ci folder is refused too
     assert run_check(blessed, results, 0.05, do_bless=True) == 1
     assert json.loads((blessed / "table1.provenance.json").read_text())["scale"] == "ci"
+
+
+def test_bless_copies_the_run_records_and_drops_stale_ones(tmp_path, capsys):
+    results = make_results(tmp_path / "run0")
+    make_results(tmp_path / "run0" / "x")  # tables at the same scale, moved to <results>/extra
+    (tmp_path / "run0" / "x" / "results").rename(results / "extra")
+    records = {"ci/tuned_params.csv": "method,task\nadmm,comp80\n", "ci/timings.csv": "rule,job,seconds\n",
+               "ci/convergence.csv": "prior,steps\n", "ci/tuned_params_own/proposed.csv": "method,task\n"}
+    for name, text in records.items():
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / name).write_text(text)
+    reference = tmp_path / "reference" / "ci"
+    assert run_check(reference, results, 0.05, do_bless=True) == 0
+    for name, text in records.items():
+        assert (reference / name.removeprefix("ci/")).read_text() == text
+    assert (reference / "extra" / "table1.csv").is_file() and (reference / "extra" / "spread.csv").is_file()
+    assert (reference / "spread.csv").is_file()
+    # the check still compares the table cells only
+    (reference / "timings.csv").write_text("rule,job,seconds\nall,,1e9\n")
+    assert run_check(reference, results, 0.05) == 0
+    assert "9/9 cell(s)" in capsys.readouterr().out
+
+    # a later bless without the own-settings tuning and the extra tables removes their old copies
+    (results / "ci" / "tuned_params_own" / "proposed.csv").unlink()
+    for path in (results / "extra").iterdir():
+        path.unlink()
+    assert run_check(reference, results, 0.05, do_bless=True) == 0
+    assert not (reference / "tuned_params_own" / "proposed.csv").exists()
+    assert not (reference / "extra" / "table1.csv").exists() and (reference / "timings.csv").is_file()
+
+
+def test_bless_skips_extra_tables_of_another_scale(tmp_path, capsys):
+    results = make_results(tmp_path / "run0")
+    make_results(tmp_path / "other", scale="quick")
+    (tmp_path / "other" / "results").rename(results / "extra")
+    reference = tmp_path / "reference" / "ci"
+    assert run_check(reference, results, 0.05, do_bless=True) == 0
+    assert not (reference / "extra").exists()
+    assert "another scale" in capsys.readouterr().out

@@ -113,3 +113,46 @@ def test_tables_without_eval_csvs_fail_clearly(tmp_path):
     (tmp_path / "eval").mkdir()
     with pytest.raises(FileNotFoundError, match="no per-image CSVs"):
         tb.make_tables(tb.TableSettings(str(tmp_path / "eval"), str(PAPER), "unit", str(tmp_path)))
+
+
+def test_extra_rows_are_labelled_and_followed_by_their_differences(tmp_path):
+    ours = {"gauss": (30.0, 30.0), "gauss_budget": (30.5, 30.5), "proposed": (31.0, 31.0),
+            "proposed_seed2": (30.6, 30.8), "proposed_seed1": (31.3, 31.3), "proposed_own": (32.0, 32.0),
+            "gauss_budget_own": (31.5, 31.5), "my_probe": (1.0, 1.0)}
+    eval_dir = write_eval_dir(tmp_path, ours=ours, offsets={"comp80": 0.0, "blur1.6": 1.0})
+    result = tb.make_tables(tb.TableSettings(str(eval_dir), str(PAPER), "unit", str(tmp_path / "out")))
+    t1 = result["table1"].set_index("key")
+    extras = list(t1.index[t1.index.get_loc("proposed_vs_gauss_budget") + 1:])
+    assert extras == ["gauss_budget_own", "proposed_own", "proposed_seed1", "proposed_seed2", "my_probe",
+                      "proposed_own_vs_gauss", "proposed_own_vs_gauss_budget_own"]
+    assert t1.loc["proposed_own", "method"] == "Proposed (own settings)"
+    assert t1.loc["gauss_budget_own", "method"] == "Gauss + same budget (own settings)"
+    assert t1.loc["proposed_seed2", "method"] == "Proposed (seed 2)" and t1.loc["proposed_seed2", "kind"] == "extra"
+    assert t1.loc["proposed_own_vs_gauss_budget_own", "comp80"] == pytest.approx(0.5)
+    assert math.isnan(t1.loc["proposed_own_vs_gauss", "comp80 paper"])
+
+    spread = pd.read_csv(tmp_path / "out" / "spread.csv")
+    assert list(spread.columns) == tb.SPREAD_COLUMNS
+    assert len(spread) == 2 * 2 and set(spread["table"]) == {"table1"}  # 2 seeds x 2 tasks
+    by = spread.set_index(["seed", "task"])["spread"]
+    assert by[(1, "comp80")] == pytest.approx(0.3) and by[(2, "blur1.6")] == pytest.approx(0.3)
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "| Proposed (own settings) | 32.00 |" in md  # extras are not ranked
+    assert "run-to-run spread" in md and "| 1 | 0.30 | — | 0.30 | — | 0.30 | 0.30 |" in md
+    assert "run-to-run spread" not in (tmp_path / "out" / "table2.md").read_text()  # no Table II cells
+
+
+def test_methods_option_restricts_the_rows_and_spread_csv_is_always_written(tmp_path):
+    eval_dir = write_eval_dir(tmp_path, ours={"gauss": (30.0, 30.0), "proposed": (31.0, 31.0),
+                                              "proposed_seed1": (30.0, 30.0)}, offsets={"comp80": 0.0})
+    rc = main(["tables", "--eval-dir", str(eval_dir), "--methods", "gauss", "proposed", "--paper", str(PAPER),
+               "--scale", "unit", "--out-dir", str(tmp_path / "out")])
+    assert rc == 0
+    t1 = pd.read_csv(tmp_path / "out" / "table1.csv")
+    assert "proposed_seed1" not in set(t1["key"]) and t1.set_index("key").loc["proposed", "comp80"] == 31.0
+    spread = pd.read_csv(tmp_path / "out" / "spread.csv")
+    assert list(spread.columns) == tb.SPREAD_COLUMNS and spread.empty
+    assert "run-to-run spread" not in (tmp_path / "out" / "table1.md").read_text()
+    with pytest.raises(FileNotFoundError, match="--methods nothing_here"):
+        tb.make_tables(tb.TableSettings(str(eval_dir), str(PAPER), "unit", str(tmp_path / "o2"),
+                                        methods=("nothing_here",)))

@@ -1,7 +1,8 @@
 """Tests of the Snakemake workflow: lint, config validation and the planned DAG of every scale.
 
 All runs are dry runs (-n) in the repository root with --forceall, so they list every job
-whatever is already built, and nothing is executed.
+whatever is already built, and nothing is executed; --rerun-incomplete lets them plan while a
+real run in the same checkout has jobs in flight (a dry run changes no metadata).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
@@ -23,8 +25,12 @@ pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snake
 COMMON_JOBS = {
     "config_json": 1, "pretrain_denoiser": 1, "train_control": 1, "train_deq": 3,
     "tune_admm": 12, "tune_red": 12, "collect_tuned": 1, "evaluate": 72,
-    "figure": 1, "tables": 1, "all": 1,
+    "figure": 1, "tables": 1, "summarize": 1, "all": 1,
 }
+# jobs that target `extra` adds with the defaults extra.own_priors [proposed, gauss_budget] and
+# extra.seeds [1]: 2 x 12 own tunings, one more MTDEQ prior, 3 more rows x 12 tasks
+EXTRA_JOBS = {"tune_admm_own": 24, "collect_tuned_own": 2, "train_deq": 1, "evaluate": 36,
+              "tables_extra": 1, "extra": 1}
 EXPECTED_JOBS = {
     "config/config.yaml": {**COMMON_JOBS, "fetch": 4},          # Set5, Set14, BSDS500, FFDNet weights
     "config/ci.yaml": {**COMMON_JOBS, "fetch": 3},              # from scratch: no weights
@@ -38,9 +44,10 @@ def snakemake(*args: str) -> subprocess.CompletedProcess:
 
 
 @functools.lru_cache(maxsize=None)
-def dry_run(*args: str) -> tuple[Counter, str]:
-    """Plan `all` (every job, printing shell commands); return job counts and the output."""
-    proc = snakemake("all", "-n", "-F", "-p", "--cores", "2", *args)  # target first: --configfile takes 1+ values
+def dry_run(*args: str, target: str = "all") -> tuple[Counter, str]:
+    """Plan ``target`` (every job, printing shell commands); return job counts and the output."""
+    # target first: --configfile takes 1+ values
+    proc = snakemake(target, "-n", "-F", "-p", "--rerun-incomplete", "--cores", "2", *args)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     stats = out[out.index("Job stats:"):]
@@ -67,9 +74,13 @@ def test_lint_is_clean():
 def test_dry_run_plans_every_rule(configfile):
     counts, out = dry_run("--configfile", configfile)
     assert dict(counts) == EXPECTED_JOBS[configfile]
-    # every job that runs a stage has a log and a benchmark
+    assert_logs_and_benchmarks(out)
+
+
+def assert_logs_and_benchmarks(out: str) -> None:
+    """Every planned job that runs a stage has a log and a benchmark."""
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        if re.match(r"(?:local)?rule (?!all:)\w+:", block):
+        if re.match(r"(?:local)?rule (?!all:|extra:)\w+:", block):
             assert "    log: " in block and "    benchmark: " in block, block[:500]
 
 
@@ -80,7 +91,8 @@ def test_ci_config_reaches_the_stage_commands():
     assert all("--steps 12" in c and "--crop 32" in c and "--max-iter 20" in c for c in train)
     assert {re.search(r"--task-set (\w+)", c).group(1) for c in train} == {"mtdeq", "st_comp", "st_sr"}
     (gauss, control) = sorted(shell_commands(out, "pretrain-denoiser"), key=lambda c: "gauss_budget" in c)
-    assert "--nc 8 16 32 64 --nb 1" in gauss and "--init" not in gauss and "--steps 40" in gauss
+    steps = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())["denoiser"]["steps"]
+    assert "--nc 8 16 32 64 --nb 1" in gauss and "--init" not in gauss and f"--steps {steps} " in gauss
     # same budget as the MTDEQ prior: its steps, batch and crop, starting from the Gauss prior
     assert "--init results/ci/models/gauss.pt" in control
     assert "--steps 12" in control and "--batch-size 2" in control and "--crop 32" in control
@@ -117,6 +129,92 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, bad_yaml, key)
     assert proc.returncode != 0
     assert "Error validating config" in out and key in out
     assert "Job stats" not in out
+
+
+def test_extra_target_plans_own_settings_and_seed_rows():
+    base, _ = dry_run("--configfile", "config/ci.yaml")
+    counts, out = dry_run("--configfile", "config/ci.yaml", target="extra")
+    assert {k: counts[k] - base.get(k, 0) for k in EXTRA_JOBS} == EXTRA_JOBS
+    assert "summarize" not in counts and "tables" not in counts  # `extra` leaves the main tables alone
+    assert_logs_and_benchmarks(out)
+    (seed,) = [c for c in shell_commands(out, "train-deq") if "mtdeq_seed1.pt" in c]
+    assert "--seed 1 " in seed and "--task-set mtdeq" in seed and "--steps 12" in seed
+    assert "--log-csv results/ci/logs/mtdeq_seed1.csv" in seed
+    own = [c for c in shell_commands(out, "tune") if "tune_own" in c]
+    assert len(own) == 24 and all("--images data/Set14" in c and "--iterations 4 8" in c for c in own)
+    assert {re.search(r"--prior (\S+)", c).group(1) for c in own} == {
+        "results/ci/models/mtdeq.pt", "results/ci/models/gauss_budget.pt"}
+    evals = shell_commands(out, "evaluate")
+    (proposed_own,) = [c for c in evals if "--method proposed_own --prior results/ci/models/mtdeq.pt --task comp90 " in c]
+    assert "--params results/ci/tuned_params_own/proposed.csv" in proposed_own
+    (seed_eval,) = [c for c in evals if "--method proposed_seed1 " in c and "--task comp90 " in c]
+    assert "--prior results/ci/models/mtdeq_seed1.pt" in seed_eval and "--params results/ci/tuned_params.csv" in seed_eval
+    (tables,) = shell_commands(out, "tables")
+    assert "--out-dir results/extra" in tables
+    assert "gauss_budget_own proposed_seed1" in tables and "proposed_own" in tables
+
+
+def test_all_ignores_extra_keys_and_uses_the_configured_lists(tmp_path):
+    fallbacks = tmp_path / "fallbacks.yaml"
+    fallbacks.write_text("extra:\n  own_priors: [st_sr]\n  seeds: [3]\n")
+    counts, out = dry_run("--configfile", "config/ci.yaml", str(fallbacks))
+    assert dict(counts) == EXPECTED_JOBS["config/ci.yaml"]
+    (tables,) = shell_commands(out, "tables")
+    assert "--methods red gauss gauss_budget st_comp st_sr proposed --paper" in tables
+    assert "--out-dir results " in tables
+    (summarize,) = shell_commands(out, "summarize")
+    assert "--benchmarks benchmarks/ci --train-logs results/ci/logs" in summarize
+    assert "--out-timings results/ci/timings.csv --out-convergence results/ci/convergence.csv" in summarize
+
+    lists = tmp_path / "lists.yaml"
+    lists.write_text("tune:\n  own_priors: [st_comp]\nspread:\n  seeds: [2]\n")
+    counts, out = dry_run("--configfile", "config/ci.yaml", str(lists))
+    assert counts["tune_admm_own"] == 12 and counts["train_deq"] == 4 and counts["evaluate"] == 72 + 24
+    (tables,) = shell_commands(out, "tables")
+    assert "--methods red gauss gauss_budget st_comp st_sr proposed st_comp_own proposed_seed2 --paper" in tables
+    counts, out = dry_run("--configfile", "config/ci.yaml", str(lists), str(fallbacks), target="extra")
+    assert counts["tune_admm_own"] == 12 and counts["collect_tuned_own"] == 1  # the lists win over extra.*
+    assert "mtdeq_seed3" not in out and "mtdeq_seed2.pt" in out
+
+
+def test_spread_seed_equal_to_the_main_seed_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spread:\n  seeds: [0]\n")
+    proc = snakemake("all", "-n", "--configfile", "config/ci.yaml", str(bad))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "config spread.seeds: seed 0" in out
+    # extra.seeds [1] is checked only when target `extra` is planned
+    seed1 = tmp_path / "seed1.yaml"
+    seed1.write_text("seed: 1\n")
+    counts, _ = dry_run("--configfile", "config/ci.yaml", str(seed1))
+    assert counts["tables"] == 1
+    proc = snakemake("extra", "-n", "--rerun-incomplete", "--configfile", "config/ci.yaml", str(seed1))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "config extra.seeds: seed 1" in out
+
+
+@pytest.mark.parametrize(
+    "bad_yaml, message",
+    [
+        ("tune:\n  own_prior: [proposed]\n", "'own_prior' was unexpected"),  # misspelled keys
+        ("spread:\n  seed: [1]\n", "'seed' was unexpected"),
+        ("extras:\n  seeds: [1]\n", "'extras' was unexpected"),
+        ("extra:\n  own_priors: [proposd]\n", "'proposd' is not one of"),   # not a prior
+        ("extra:\n  seeds: [one]\n", "'one' is not of type 'integer'"),
+        ("spread:\n  seeds: [1, 1]\n", "non-unique"),
+    ],
+)
+def test_schema_rejects_bad_extra_keys(bad_yaml, message):
+    """The schema itself (fast; the Snakemake path is covered above) on config.yaml + an override."""
+    import jsonschema
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    jsonschema.validate(config, schema)
+    for key, value in yaml.safe_load(bad_yaml).items():
+        config[key] = {**config.get(key, {}), **value}
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(message)):
+        jsonschema.validate(config, schema)
 
 
 def test_path_outside_every_dataset_is_rejected(tmp_path):

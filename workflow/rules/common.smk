@@ -8,6 +8,7 @@ SCALE = config["scale"]
 DATA = config["data"]["dest"]
 RES = config["resources"]
 DEQ = config["deq"]
+PRIORS = config["priors"]
 # eval method (table row) -> checkpoint results/<scale>/models/<prior>.pt
 PRIOR_OF = {
     "red": "gauss",
@@ -18,6 +19,58 @@ PRIOR_OF = {
     "proposed": "mtdeq",
 }
 FIG2_TASKS = [row.split("=")[0] for row in config["figure"]["rows"]]
+
+# Extra, labelled analyses (issue 8): a prior evaluated with PnP-ADMM settings tuned for itself
+# ("<method>_own", params results/<scale>/tuned_params_own/<method>.csv), and the MTDEQ prior
+# retrained with another seed ("proposed_seed<s>", checkpoint models/mtdeq_seed<s>.pt, the Gauss
+# prior's settings) to measure the run-to-run spread.
+OWN_PRIORS = ["proposed", "gauss_budget", "st_comp", "st_sr"]
+EVAL_METHOD_RE = f"{'|'.join(PRIOR_OF)}|(?:{'|'.join(OWN_PRIORS)})_own|proposed_seed[0-9]+"
+
+
+def extra_methods(own_priors, seeds, seeds_key):
+    """Eval method names of the own-settings rows and the seed rows (seeds from config seeds_key)."""
+    for s in seeds:
+        if s == config["seed"]:
+            raise ValueError(
+                f"config {seeds_key}: seed {s} is the main run's seed (config seed); "
+                "a retrained prior with it would equal the Proposed prior"
+            )
+    return [f"{m}_own" for m in own_priors] + [f"proposed_seed{s}" for s in seeds]
+
+
+def extra_target_methods():
+    """Table rows of target `extra`: those of `all`, with extra.own_priors / extra.seeds standing in
+    for empty tune.own_priors / spread.seeds. Called from input functions only, so that `all`
+    never reads extra.*."""
+    seeds = config["spread"]["seeds"] or config["extra"]["seeds"]
+    seeds_key = "spread.seeds" if config["spread"]["seeds"] else "extra.seeds"
+    own = config["tune"]["own_priors"] or config["extra"]["own_priors"]
+    return config["evaluate"]["methods"] + extra_methods(own, seeds, seeds_key)
+
+
+def prior_of(method):
+    """Checkpoint name (results/<scale>/models/<name>.pt) behind an eval method."""
+    if method.startswith("proposed_seed"):
+        return f"mtdeq_seed{method.removeprefix('proposed_seed')}"
+    return PRIOR_OF[method.removesuffix("_own")]
+
+
+def prior_setting(prior, key):
+    """priors.<prior>.<key>; mtdeq_seed<s> takes the settings of priors.mtdeq."""
+    return PRIORS[prior.split("_seed")[0]][key]
+
+
+def prior_seed(prior):
+    """Training seed of a DEQ prior: s for mtdeq_seed<s>, else the config seed."""
+    return int(prior.split("_seed")[1]) if "_seed" in prior else config["seed"]
+
+
+def params_of(scale, method):
+    """Tuned-parameter file of an eval method: its own settings for '<m>_own', else the Gauss prior's."""
+    if method.endswith("_own"):
+        return f"results/{scale}/tuned_params_own/{method.removesuffix('_own')}.csv"
+    return f"results/{scale}/tuned_params.csv"
 
 
 def _manifest_files(manifest):

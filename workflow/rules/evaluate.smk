@@ -1,11 +1,15 @@
 # Test-time hyper-parameters are tuned per task on data.val_set (Set14, never Set5) for the
 # Gauss prior (PnP-ADMM) and for RED; every ADMM prior is then evaluated on data.test_set with
-# the Gauss prior's parameters, as in the paper (Section III-C).
+# the Gauss prior's parameters, as in the paper (Section III-C). Extra rows: "<m>_own" uses the
+# settings tuned for prior m itself (tune_admm_own), "proposed_seed<s>" the prior mtdeq_seed<s>.
 
 TUNE = config["tune"]
 EVAL = config["evaluate"]
 TASKS = EVAL["tasks"]
 METHODS = EVAL["methods"]
+# Table rows of `all`: evaluate.methods plus the extras of tune.own_priors and spread.seeds
+# (both empty by default).
+ALL_METHODS = METHODS + extra_methods(TUNE["own_priors"], config["spread"]["seeds"], "spread.seeds")
 
 
 rule tune_admm:
@@ -28,7 +32,7 @@ rule tune_admm:
     log:
         "logs/{scale}/tune/admm_{task}.log",
     benchmark:
-        "benchmarks/{scale}/tune/admm_{task}.tsv"
+        "benchmarks/{scale}/tune_admm/{task}.tsv"
     threads: RES["tune"]["threads"]
     resources:
         mem_mb=RES["tune"]["mem_mb"],
@@ -64,7 +68,7 @@ rule tune_red:
     log:
         "logs/{scale}/tune/red_{task}.log",
     benchmark:
-        "benchmarks/{scale}/tune/red_{task}.tsv"
+        "benchmarks/{scale}/tune_red/{task}.tsv"
     threads: RES["tune"]["threads"]
     resources:
         mem_mb=RES["tune"]["mem_mb"],
@@ -101,16 +105,46 @@ rule collect_tuned:
         "python -m mtdeq collect-tuned --inputs {input} --out {output} > {log} 2>&1"
 
 
+# Extra analysis: the same PnP-ADMM grid search, on the same validation images, for another
+# prior ("own settings"), so that a prior that merely converges faster at the Gauss prior's K
+# is not mistaken for a better one.
+use rule tune_admm as tune_admm_own with:
+    input:
+        images=ancient(fetched(config["data"]["val_set"], "data.val_set")),
+        prior=lambda w: f"results/{w.scale}/models/{PRIOR_OF[w.method]}.pt",
+    output:
+        "results/{scale}/tune_own/{method}_{task}.csv",
+    wildcard_constraints:
+        method="|".join(OWN_PRIORS),
+    log:
+        "logs/{scale}/tune_own/{method}_{task}.log",
+    benchmark:
+        "benchmarks/{scale}/tune_admm_own/{method}_{task}.tsv"
+
+
+use rule collect_tuned as collect_tuned_own with:
+    input:
+        admm=expand("results/{{scale}}/tune_own/{{method}}_{task}.csv", task=TASKS),
+    output:
+        "results/{scale}/tuned_params_own/{method}.csv",
+    wildcard_constraints:
+        method="|".join(OWN_PRIORS),
+    log:
+        "logs/{scale}/collect_tuned_own/{method}.log",
+    benchmark:
+        "benchmarks/{scale}/collect_tuned_own/{method}.tsv"
+
+
 rule evaluate:
     """Restore the test images of one task with one method; per-image PSNR/SSIM CSV."""
     input:
         images=ancient(fetched(config["data"]["test_set"], "data.test_set")),
-        prior=lambda w: f"results/{w.scale}/models/{PRIOR_OF[w.method]}.pt",
-        params="results/{scale}/tuned_params.csv",
+        prior=lambda w: f"results/{w.scale}/models/{prior_of(w.method)}.pt",
+        params=lambda w: params_of(w.scale, w.method),
     output:
         "results/{scale}/eval/{method}/{task}.csv",
     wildcard_constraints:
-        method="|".join(PRIOR_OF),
+        method=EVAL_METHOD_RE,
     params:
         images=config["data"]["test_set"],
         save_dir=lambda w: save_dir_option(w.scale, w.method, w.task),

@@ -1,4 +1,6 @@
-# Tables I-II and Fig. 2 of the paper, with our numbers beside the paper's.
+# Tables I-II and Fig. 2 of the paper, with our numbers beside the paper's; per-rule timings
+# and DEQ convergence statistics of the run. Benchmarks are benchmarks/<scale>/<rule>[/<wildcards>].tsv:
+# summarize reads each job's rule name from that path.
 import json
 
 
@@ -23,7 +25,7 @@ rule config_json:
 rule tables:
     """Tables I and II (CSV + Markdown) from the per-image eval CSVs, beside the paper's values."""
     input:
-        evals=expand("results/{scale}/eval/{method}/{task}.csv", scale=SCALE, method=METHODS, task=TASKS),
+        evals=expand("results/{scale}/eval/{method}/{task}.csv", scale=SCALE, method=ALL_METHODS, task=TASKS),
         paper="results/paper/paper_tables.csv",
         config=f"results/{SCALE}/config.json",
     output:
@@ -31,7 +33,9 @@ rule tables:
         table2="results/table2.csv",
         table1_md="results/table1.md",
         table2_md="results/table2.md",
+        spread="results/spread.csv",
     params:
+        methods=ALL_METHODS,
         eval_dir=lambda w, input: Path(input.config).parent / "eval",
         out_dir=lambda w, output: Path(output.table1).parent,
         scale=SCALE,
@@ -46,9 +50,33 @@ rule tables:
     conda:
         "../../environment.yml"
     shell:
-        "python -m mtdeq tables --eval-dir {params.eval_dir} --paper {input.paper}"
-        " --scale {params.scale} --config-json {input.config} --out-dir {params.out_dir}"
-        " > {log} 2>&1"
+        "python -m mtdeq tables --eval-dir {params.eval_dir} --methods {params.methods}"
+        " --paper {input.paper} --scale {params.scale} --config-json {input.config}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Target `extra`: the same tables with the own-settings and seed rows, written to results/extra/
+# so that results/table*.{csv,md} (target `all`, checked against the reference) never change
+# with what else happens to lie in the eval folder.
+use rule tables as tables_extra with:
+    input:
+        evals=lambda w: expand(
+            "results/{scale}/eval/{method}/{task}.csv", scale=SCALE, method=extra_target_methods(), task=TASKS
+        ),
+        paper="results/paper/paper_tables.csv",
+        config=f"results/{SCALE}/config.json",
+    output:
+        table1="results/extra/table1.csv",
+        table2="results/extra/table2.csv",
+        table1_md="results/extra/table1.md",
+        table2_md="results/extra/table2.md",
+        spread="results/extra/spread.csv",
+    params:
+        methods=lambda w: extra_target_methods(),
+    log:
+        f"logs/{SCALE}/tables_extra.log",
+    benchmark:
+        f"benchmarks/{SCALE}/tables_extra.tsv"
 
 
 rule figure:
@@ -85,3 +113,33 @@ rule figure:
         "python -m mtdeq figure --eval-dir {params.eval_dir} --restored-dir {params.restored_dir}"
         " --images {params.images} --rows {params.rows} --methods {params.methods}"
         " {params.crop} --scale {params.scale} --out {output} > {log} 2>&1"
+
+
+rule summarize:
+    """Per-job run time and memory (benchmark TSVs) and DEQ convergence (training logs) of the run."""
+    input:
+        # the last jobs of `all`: every other job of the run has its benchmark file by now
+        rules.tables.output,
+        rules.figure.output,
+    output:
+        timings="results/{scale}/timings.csv",
+        convergence="results/{scale}/convergence.csv",
+    params:
+        benchmarks=lambda w: f"benchmarks/{w.scale}",
+        train_logs=lambda w: f"results/{w.scale}/logs",
+        cores=workflow.cores,
+    log:
+        "logs/{scale}/summarize.log",
+    benchmark:
+        # not in timings.csv: it is written after the stage has run
+        "benchmarks/{scale}/summarize.tsv"
+    threads: RES["report"]["threads"]
+    resources:
+        mem_mb=RES["report"]["mem_mb"],
+        runtime=RES["report"]["runtime"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m mtdeq summarize --scale {wildcards.scale} --benchmarks {params.benchmarks}"
+        " --train-logs {params.train_logs} --cores {params.cores} --out-timings {output.timings}"
+        " --out-convergence {output.convergence} > {log} 2>&1"

@@ -1,7 +1,6 @@
 # The DEQ priors of Algorithm 1, fine-tuned from the Gauss prior: MTDEQ (the proposed prior,
-# all tasks), ST Comp and ST SR (single-task controls of Section III-C).
-
-PRIORS = config["priors"]
+# all tasks), ST Comp and ST SR (single-task controls of Section III-C). mtdeq_seed<s> is the
+# MTDEQ prior retrained with seed s (spread.seeds / extra.seeds): the run-to-run spread.
 
 
 rule train_deq:
@@ -12,11 +11,11 @@ rule train_deq:
     output:
         "results/{scale}/models/{prior}.pt",
     wildcard_constraints:
-        prior="mtdeq|st_comp|st_sr",
+        prior="mtdeq|st_comp|st_sr|mtdeq_seed[0-9]+",
     params:
-        task_set=lambda w: PRIORS[w.prior]["task_set"],
-        n_tasks=lambda w: PRIORS[w.prior]["n_tasks"],
-        steps=lambda w: PRIORS[w.prior]["steps"],
+        task_set=lambda w: prior_setting(w.prior, "task_set"),
+        n_tasks=lambda w: prior_setting(w.prior, "n_tasks"),
+        steps=lambda w: prior_setting(w.prior, "steps"),
         train_dirs=config["data"]["train_dirs"],
         crop=DEQ["crop"],
         batch_size=DEQ["batch_size"],
@@ -28,7 +27,7 @@ rule train_deq:
         max_iter=DEQ["max_iter"],
         diverge_at=DEQ["diverge_at"],
         solver=DEQ["solver"],
-        seed=config["seed"],
+        seed=lambda w: prior_seed(w.prior),
         checkpoint_every=DEQ["checkpoint_every"],
         val_dir=config["data"]["val_set"],
         val_every=DEQ["val_every"],
