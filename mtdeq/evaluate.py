@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

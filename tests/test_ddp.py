@@ -16,15 +16,14 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import REPO, TINY, write_synthetic_images, write_tiny_prior
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
-from PIL import Image
 
 from mtdeq.data import PatchDataset
-from mtdeq.models import BackboneConfig, build_backbone, load_prior, save_checkpoint
+from mtdeq.models import load_prior
 from mtdeq.tasks import TEST_TASKS
 from mtdeq.train import (
     CRASH_EXIT_CODE,
@@ -43,38 +42,24 @@ pytestmark = pytest.mark.skipif(
     reason="torch.distributed with the gloo backend is not available in this torch build",
 )
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = BackboneConfig("drunet", (8, 16, 32, 64), 1)
 REL_TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:32, 0:40] / 40.0
-    for i in range(4):
-        img = np.stack([np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + rng.uniform() * yy) + rng.uniform(0, 6))
-                        for _ in range(3)], axis=-1) * 0.3 + 0.5
-        img[8:20, 10 + i : 24 + i] = rng.uniform(0, 1, size=3)
-        Image.fromarray((img.clip(0, 1) * 255).round().astype(np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    """4 smooth synthetic RGB images (32 x 40) with edges, written as PNG."""
+    return write_synthetic_images(tmp_path_factory.mktemp("images"), 4, 32, 40)
 
 
 @pytest.fixture(scope="module")
 def prior(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("prior") / "init.pt"
-    save_checkpoint(path, build_backbone(TINY), TINY)
-    return path
+    """A randomly initialised tiny DRUNet in our checkpoint format."""
+    return write_tiny_prior(tmp_path_factory.mktemp("prior") / "init.pt")
 
 
 def _free_port() -> int:

@@ -12,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import REPO, TINY, write_synthetic_images, write_tiny_prior
 import torch
-from PIL import Image
 
 from mtdeq.data import PatchDataset
-from mtdeq.models import BackboneConfig, build_backbone, load_prior, save_checkpoint
+from mtdeq.models import BackboneConfig, build_backbone, load_prior
 from mtdeq.tasks import TEST_TASKS
 from mtdeq.train import (
     CRASH_EXIT_CODE,
@@ -34,40 +33,23 @@ from mtdeq.train import (
     train_deq,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = BackboneConfig("drunet", (8, 16, 32, 64), 1)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions are fastest (and least disturbed by other processes) on one thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    """Five smooth synthetic RGB images (40 x 48) with edges, written as PNG."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:40, 0:48] / 48.0
-    for i in range(5):
-        img = np.stack([np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + rng.uniform() * yy) + rng.uniform(0, 6))
-                        for _ in range(3)], axis=-1) * 0.3 + 0.5
-        img[10:25, 12 + i : 30 + i] = rng.uniform(0, 1, size=3)
-        Image.fromarray((img.clip(0, 1) * 255).round().astype(np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    """5 smooth synthetic RGB images (40 x 48) with edges, written as PNG."""
+    return write_synthetic_images(tmp_path_factory.mktemp("images"), 5, 40, 48)
 
 
 @pytest.fixture(scope="module")
 def prior(tmp_path_factory) -> Path:
     """A randomly initialised tiny DRUNet in our checkpoint format."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("prior") / "init.pt"
-    save_checkpoint(path, build_backbone(TINY), TINY)
-    return path
+    return write_tiny_prior(tmp_path_factory.mktemp("prior") / "init.pt")
 
 
 def _cfg(images, prior, tmp_path, **kw) -> DEQTrainConfig:
