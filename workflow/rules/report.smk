@@ -127,7 +127,6 @@ rule summarize:
     params:
         benchmarks=lambda w: f"benchmarks/{w.scale}",
         train_logs=lambda w: f"results/{w.scale}/logs",
-        cores=workflow.cores,
     log:
         "logs/{scale}/summarize.log",
     benchmark:
@@ -141,5 +140,5 @@ rule summarize:
         "../../environment.yml"
     shell:
         "python -m mtdeq summarize --scale {wildcards.scale} --benchmarks {params.benchmarks}"
-        " --train-logs {params.train_logs} --cores {params.cores} --out-timings {output.timings}"
+        " --train-logs {params.train_logs} --out-timings {output.timings}"
         " --out-convergence {output.convergence} > {log} 2>&1"
