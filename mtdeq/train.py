@@ -476,6 +476,7 @@ def _load_or_build_backbone(cfg: DenoiserTrainConfig):
 
     wanted = BackboneConfig(name=cfg.backbone, nc=tuple(cfg.nc), nb=cfg.nb)
     if cfg.init is None:
+        torch.manual_seed(cfg.seed)  # reproducible initial weights: the run depends on (config, seed) only
         return build_backbone(wanted), wanted
     return load_prior(cfg.init, backbone=wanted)  # our checkpoint must agree with --backbone/--nc/--nb
 
