@@ -471,6 +471,25 @@ def _save_final(cfg, stage, model, backbone, step, totals) -> None:
 
 
 # --------------------------------------------------------------------------- denoiser pretraining
+def _end_of_step(step, stage, cfg, backbone, model, optimizer, scheduler, totals, dist, state_path, stop_after):
+    """Checkpoint every ``cfg.checkpoint_every`` steps and at the last one; ``stop_after``: simulated crash."""
+    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+        if dist.is_main:
+            save_train_state(state_path, stage=stage, cfg=cfg, backbone=backbone, step=step, model=model,
+                             optimizer=optimizer, scheduler=scheduler, totals=totals)
+        dist.barrier()  # the state is on disk before any rank goes on (or stops)
+    if stop_after is not None and step == stop_after:
+        os._exit(CRASH_EXIT_CODE)  # simulated crash (tests): no clean-up, no final checkpoint
+
+
+def _finish(stage, cfg, backbone, model, totals, dist):
+    """Write the final model checkpoint (rank 0) once every rank is done."""
+    if dist.is_main:
+        _save_final(cfg, stage, model, backbone, cfg.steps, totals)
+    _dump_rank_state(model, dist)
+    dist.barrier()
+
+
 def _load_or_build_backbone(cfg: DenoiserTrainConfig):
     from mtdeq.models import BackboneConfig, build_backbone, load_prior
 
@@ -566,18 +585,10 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
         log_csv.write(step=step, loss=float(loss.detach()), val_psnr=val, lr=lr, seconds=seconds)
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-            if dist.is_main:
-                save_train_state(state_path, stage="pretrain-denoiser", cfg=cfg, backbone=backbone, step=step,
-                                 model=model, optimizer=optimizer, scheduler=scheduler, totals=totals)
-            dist.barrier()  # the state is on disk before any rank goes on (or stops)
-        if stop_after is not None and step == stop_after:
-            os._exit(CRASH_EXIT_CODE)  # simulated crash (tests): no clean-up, no final checkpoint
+        _end_of_step(step, "pretrain-denoiser", cfg, backbone, model, optimizer, scheduler, totals, dist,
+                     state_path, stop_after)
     bar.close()
-    if dist.is_main:
-        _save_final(cfg, "pretrain-denoiser", model, backbone, cfg.steps, totals)
-    _dump_rank_state(model, dist)
-    dist.barrier()
+    _finish("pretrain-denoiser", cfg, backbone, model, totals, dist)
     return Path(cfg.out)
 
 
@@ -796,18 +807,10 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
         bar.update(1)
         bar.set_postfix(loss="skipped" if stats.loss is None else f"{stats.loss:.4g}",
                         it=f"{np.mean(stats.iterations):.0f}")
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-            if dist.is_main:
-                save_train_state(state_path, stage="train-deq", cfg=cfg, backbone=backbone, step=step, model=model,
-                                 optimizer=optimizer, scheduler=scheduler, totals=totals)
-            dist.barrier()  # the state is on disk before any rank goes on (or stops)
-        if stop_after is not None and step == stop_after:
-            os._exit(CRASH_EXIT_CODE)  # simulated crash (tests): no clean-up, no final checkpoint
+        _end_of_step(step, "train-deq", cfg, backbone, model, optimizer, scheduler, totals, dist, state_path,
+                     stop_after)
     bar.close()
-    if dist.is_main:
-        _save_final(cfg, "train-deq", model, backbone, cfg.steps, totals)
-    _dump_rank_state(model, dist)
-    dist.barrier()
+    _finish("train-deq", cfg, backbone, model, totals, dist)
     return totals
 
 
