@@ -31,8 +31,9 @@ run only has to restore model, optimiser and scheduler.  The resume state ``<out
      "rng": {"torch", "python", "numpy", "data": {"scheme", "seed", "next_step"}},
      "totals": counters over the whole run, "provenance": mtdeq.io.provenance(config)}
 
-Rerunning the same command resumes from it (a checkpoint written with another config is
-ignored with a message) and ends, on CPU, with the same weights bit for bit as an
+Rerunning the same command resumes from it (a checkpoint written with another config or
+from other initial weights, ``"init_sha256"``, is ignored with a message; the state is
+removed once the final model is written) and ends, on CPU, with the same weights bit for bit as an
 uninterrupted run.  The final model goes to ``--out`` via ``mtdeq.models.save_checkpoint``
 (``load_prior`` reads it).
 
@@ -410,6 +411,18 @@ def _state_path(out: str) -> Path:
     return Path(str(out) + ".ckpt")
 
 
+def init_fingerprint(cfg) -> str | None:
+    """SHA-256 of the run's initial checkpoint (``cfg.init``), None when it starts from scratch.
+
+    The config names the file only; a resume state is valid only for the same file content
+    (a rerun after the Gauss prior was retrained must not resume the old fine-tuning).
+    """
+    from mtdeq.data import sha256_file
+
+    init = getattr(cfg, "init", None)
+    return sha256_file(init) if init else None
+
+
 def save_train_state(path: Path, *, stage, cfg, backbone, step, model, optimizer, scheduler, totals) -> None:
     """Write the resume state atomically (see the module docstring for its layout)."""
     from mtdeq.io import atomic_torch_save, provenance
@@ -418,6 +431,7 @@ def save_train_state(path: Path, *, stage, cfg, backbone, step, model, optimizer
         "format": STATE_FORMAT,
         "stage": stage,
         "config": asdict(cfg),
+        "init_sha256": init_fingerprint(cfg),
         "backbone": asdict(backbone),
         "step": step,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -452,6 +466,9 @@ def load_train_state(path: Path, *, stage, cfg, model, optimizer, scheduler, log
     if differ:
         log(f"{path}: written with another config (differs in {differ}); starting fresh")
         return 0, {}
+    if state.get("init_sha256") != init_fingerprint(cfg):
+        log(f"{path}: written for other initial weights ({cfg.init} has changed since); starting fresh")
+        return 0, {}
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -483,9 +500,14 @@ def _end_of_step(step, stage, cfg, backbone, model, optimizer, scheduler, totals
 
 
 def _finish(stage, cfg, backbone, model, totals, dist):
-    """Write the final model checkpoint (rank 0) once every rank is done."""
+    """Write the final model checkpoint (rank 0) once every rank is done, then drop the resume state.
+
+    The state only serves an interrupted run; a finished one that is run again (Snakemake
+    reruns a job whose inputs or parameters changed) trains from the start.
+    """
     if dist.is_main:
         _save_final(cfg, stage, model, backbone, cfg.steps, totals)
+        _state_path(cfg.out).unlink(missing_ok=True)
     _dump_rank_state(model, dist)
     dist.barrier()
 

@@ -8,10 +8,17 @@ algorithm, every combination of the given value lists is run on the validation i
     admm : iterations K x sigma_max x sigma_min x lam_scale,  lam = lam_scale * max(sigma_noise, 1/255)
     red  : iterations x red_lam (lam) x red_sigma (sigma_denoise) x red_step (step)
 
-Stage ``tune`` writes one CSV row per candidate; stage ``collect-tuned`` picks the best
-candidate per (method, task) and writes tuned_params.csv, with ``on_edge`` naming every
-swept parameter whose chosen value is the smallest or largest of its grid (a hint that the
-grid should be widened; a warning is printed for each).
+Edge extension (``--extend-rounds R``, default 0): when the best candidate's value of a swept
+parameter is the smallest or largest value tried, one more value is tried beyond that edge
+(the next step of the grid's own geometric spacing, e.g. K 15, 30 -> 8; sigma_min 0.025, 0.06
+-> 0.144), with the other parameters at the current best, and this is repeated up to R times.
+Values never leave the bounds: K in [1, --max-iterations], every denoiser level at most
+--sigma-cap (the backbone's training range), sigma_min <= sigma_max.
+
+Stage ``tune`` writes one CSV row per candidate (``round`` 0 = the grid, r > 0 = extension r);
+stage ``collect-tuned`` picks the best candidate per (method, task) and writes
+tuned_params.csv, with ``on_edge`` naming every swept parameter whose chosen value is still
+the smallest or largest value tried (a warning is printed for each).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from mtdeq.evaluate import SolverParams, load_test_images, run_solver
 
 CANDIDATE_COLUMNS = [
     "method", "task", "iterations", "sigma_max", "sigma_min", "lam_scale", "lam",
-    "sigma_denoise", "step", "val_psnr", "n_images", "seconds",
+    "sigma_denoise", "step", "val_psnr", "n_images", "seconds", "round",
 ]
 TUNED_COLUMNS = [
     "method", "task", "iterations", "sigma_max", "sigma_min", "lam", "sigma_denoise", "step",
@@ -41,6 +48,8 @@ SWEPT = {
     "red": ("iterations", "lam", "sigma_denoise", "step"),
 }
 FORBIDDEN_VALIDATION = "set5"
+# the parameters that carry a denoiser level (bounded by --sigma-cap)
+SIGMA_PARAMS = ("sigma_max", "sigma_min", "sigma_denoise")
 
 
 @dataclass(frozen=True)
@@ -61,28 +70,90 @@ def admm_lam(lam_scale: float, sigma_noise: float) -> float:
     return float(lam_scale) * max(float(sigma_noise), 1.0 / 255.0)
 
 
-def candidates(algorithm: str, grid: Grid, sigma_noise: float) -> list[tuple[dict, SolverParams]]:
-    """Every combination of the grid as (row fields, SolverParams), in a fixed order."""
-    out = []
+def make_candidate(algorithm: str, values: dict, sigma_noise: float) -> tuple[dict, SolverParams]:
+    """(row fields, SolverParams) of one candidate; ``values`` holds the SWEPT[algorithm] entries."""
+    k = int(values["iterations"])
     if algorithm == "admm":
-        for name in ("iterations", "sigma_max", "sigma_min", "lam_scale"):
-            if not getattr(grid, name):
-                raise ValueError(f"tune --method admm: the grid for {name} is empty")
-        for k, s_max, s_min, scale in itertools.product(grid.iterations, grid.sigma_max, grid.sigma_min, grid.lam_scale):
-            params = SolverParams("admm", int(k), sigma_max=s_max, sigma_min=s_min, lam=admm_lam(scale, sigma_noise))
-            fields = {"iterations": int(k), "sigma_max": s_max, "sigma_min": s_min, "lam_scale": scale, "lam": params.lam}
-            out.append((fields, params))
+        lam = admm_lam(values["lam_scale"], sigma_noise)
+        params = SolverParams("admm", k, sigma_max=float(values["sigma_max"]),
+                              sigma_min=float(values["sigma_min"]), lam=lam)
+        fields = {"iterations": k, "sigma_max": float(values["sigma_max"]),
+                  "sigma_min": float(values["sigma_min"]), "lam_scale": float(values["lam_scale"]), "lam": lam}
     elif algorithm == "red":
-        for name in ("iterations", "red_lam", "red_sigma", "red_step"):
-            if not getattr(grid, name):
-                raise ValueError(f"tune --method red: the grid for {name} is empty")
-        for k, lam, sig, step in itertools.product(grid.iterations, grid.red_lam, grid.red_sigma, grid.red_step):
-            params = SolverParams("red", int(k), lam=lam, sigma_denoise=sig, step=step)
-            fields = {"iterations": int(k), "lam": lam, "sigma_denoise": sig, "step": step}
-            out.append((fields, params))
+        params = SolverParams("red", k, lam=float(values["lam"]), sigma_denoise=float(values["sigma_denoise"]),
+                              step=float(values["step"]))
+        fields = {"iterations": k, "lam": float(values["lam"]), "sigma_denoise": float(values["sigma_denoise"]),
+                  "step": float(values["step"])}
     else:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected 'admm' or 'red'")
-    return out
+    return fields, params
+
+
+def grid_axes(algorithm: str, grid: Grid) -> dict[str, tuple]:
+    """The value list of every SWEPT[algorithm] parameter; ValueError when one is empty."""
+    if algorithm == "admm":
+        axes = {"iterations": grid.iterations, "sigma_max": grid.sigma_max, "sigma_min": grid.sigma_min,
+                "lam_scale": grid.lam_scale}
+        flags = {"sigma_max": "sigma_max", "sigma_min": "sigma_min", "lam_scale": "lam_scale"}
+    elif algorithm == "red":
+        axes = {"iterations": grid.iterations, "lam": grid.red_lam, "sigma_denoise": grid.red_sigma,
+                "step": grid.red_step}
+        flags = {"lam": "red_lam", "sigma_denoise": "red_sigma", "step": "red_step"}
+    else:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected 'admm' or 'red'")
+    for name, values in axes.items():
+        if not values:
+            raise ValueError(f"tune --method {algorithm}: the grid for {flags.get(name, name)} is empty")
+    return axes
+
+
+def candidates(algorithm: str, grid: Grid, sigma_noise: float) -> list[tuple[dict, SolverParams]]:
+    """Every combination of the grid as (row fields, SolverParams), in a fixed order."""
+    axes = grid_axes(algorithm, grid)
+    names = list(axes)
+    return [make_candidate(algorithm, dict(zip(names, combo)), sigma_noise)
+            for combo in itertools.product(*axes.values())]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Limits of edge extension: K in [1, max_iterations], denoiser levels in (0, sigma_cap]."""
+
+    max_iterations: int = 200
+    sigma_cap: float = 0.3
+    sigma_floor: float = 1e-3
+
+
+def extend_value(name: str, tried: list[float], side: str, best: dict, bounds: Bounds) -> float | None:
+    """The next value beyond the ``side`` ('min'|'max') edge of ``tried``, or None at a bound.
+
+    The step is the ratio of the two outermost values on that side (geometric spacing), or a
+    factor 2 when only one value was tried.  Integers (K) are rounded and must change.
+    """
+    values = sorted(set(float(v) for v in tried))
+    edge = values[0] if side == "min" else values[-1]
+    inner = None if len(values) < 2 else values[1] if side == "min" else values[-2]
+    ratio = edge / inner if inner is not None and edge > 0 and inner > 0 else (0.5 if side == "min" else 2.0)
+    new = edge * ratio
+    if name == "iterations":
+        new = float(round(new))
+        if new == edge:
+            new = edge - 1 if side == "min" else edge + 1
+        if new < 1 or new > bounds.max_iterations:
+            return None
+        return new
+    if name in SIGMA_PARAMS:
+        new = min(new, bounds.sigma_cap)
+        if new < bounds.sigma_floor or new == edge:
+            return None
+        # a decreasing schedule: sigma_min <= sigma_max
+        if name == "sigma_min" and new > best["sigma_max"]:
+            return None
+        if name == "sigma_max" and new < best["sigma_min"]:
+            return None
+    if new <= 0 or not math.isfinite(new):
+        return None
+    return float(f"{new:.4g}")
 
 
 def refuse_test_set(images: str | Path) -> None:
@@ -108,6 +179,8 @@ class TuneSettings:
     crop: int | None = 128
     seed: int = 0
     device: str = "cpu"
+    extend_rounds: int = 0
+    bounds: Bounds = Bounds()
 
 
 def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
@@ -132,9 +205,7 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     # degrade once: every candidate sees the same observations
     observed = [tasks.degrade(task, x, seed=settings.seed + i) for i, (_, x) in enumerate(images)]
 
-    rows, best = [], float("-inf")
-    bar = tqdm(grid, desc=f"tune {settings.method}/{settings.task}", disable=not progress)
-    for fields, params in bar:
+    def score(fields: dict, params: SolverParams, round_: int) -> dict:
         scores, seconds = [], 0.0
         for deg in observed:
             x_hat, info = run_solver(params, op=deg.op, y=deg.y.to(device), denoiser=denoiser, sigma_noise=task.sigma_noise)
@@ -142,11 +213,26 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
             scores.append(value if math.isfinite(value) else float("nan"))
             seconds += float(info.seconds)
         mean = sum(scores) / len(scores)  # nan if any image produced a non-finite estimate
-        rows.append({"method": settings.method, "task": settings.task, **fields,
-                     "val_psnr": mean, "n_images": len(scores), "seconds": seconds})
-        if mean > best:  # False for nan
-            best = mean
+        return {"method": settings.method, "task": settings.task, **fields,
+                "val_psnr": mean, "n_images": len(scores), "seconds": seconds, "round": round_}
+
+    rows, best = [], float("-inf")
+    bar = tqdm(grid, desc=f"tune {settings.method}/{settings.task}", disable=not progress)
+    for fields, params in bar:
+        rows.append(score(fields, params, 0))
+        if rows[-1]["val_psnr"] > best:  # False for nan
+            best = rows[-1]["val_psnr"]
             bar.set_postfix(best=f"{best:.2f}")
+
+    swept = [name for name, values in grid_axes(settings.method, settings.grid).items() if len(values) > 1]
+    for round_ in range(1, settings.extend_rounds + 1):
+        proposal = next_extension(pd.DataFrame(rows), settings.method, swept, settings.bounds)
+        if proposal is None:
+            break
+        fields, params = make_candidate(settings.method, proposal, task.sigma_noise)
+        rows.append(score(fields, params, round_))
+        print(f"tune {settings.method}/{settings.task}: extension {round_}: "
+              + ", ".join(f"{k}={proposal[k]:g}" for k in swept) + f" -> {rows[-1]['val_psnr']:.2f} dB")
 
     table = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
     out = Path(settings.out)
@@ -154,6 +240,31 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     atomic_write_text(out.with_suffix(".provenance.json"),
                       json.dumps(provenance({"settings": asdict(settings)}), indent=2) + "\n")
     return table
+
+
+def next_extension(table: pd.DataFrame, algorithm: str, swept: list[str], bounds: Bounds) -> dict | None:
+    """The next candidate of edge extension (SWEPT values), or None when nothing can be extended.
+
+    The best row so far is moved one step beyond the first swept parameter (SWEPT order) whose
+    value is the smallest or largest tried, skipping parameters already at a bound and
+    candidates that were already scored.
+    """
+    if table["val_psnr"].isna().all():
+        return None
+    best = table.loc[table["val_psnr"].idxmax()]
+    current = {name: float(best[name]) for name in SWEPT[algorithm]}
+    seen = {tuple(float(r[n]) for n in SWEPT[algorithm]) for _, r in table.iterrows()}
+    for flag in edge_flags(table, best, algorithm):
+        name, side = flag.split("=")
+        if name not in swept:
+            continue
+        new = extend_value(name, table[name].tolist(), side, current, bounds)
+        if new is None:
+            continue
+        proposal = {**current, name: new}
+        if tuple(proposal[n] for n in SWEPT[algorithm]) not in seen:
+            return proposal
+    return None
 
 
 def edge_flags(group: pd.DataFrame, best: pd.Series, algorithm: str) -> list[str]:
@@ -180,7 +291,7 @@ def collect_tuned(inputs: list[str | Path], out: str | Path) -> pd.DataFrame:
     frames = []
     for path in inputs:
         frame = pd.read_csv(path)
-        missing = [c for c in CANDIDATE_COLUMNS if c not in frame.columns]
+        missing = [c for c in CANDIDATE_COLUMNS if c not in frame.columns and c != "round"]
         if missing:
             raise ValueError(f"{path}: not a tune candidate table, missing column(s) {missing}")
         frames.append(frame)
@@ -220,7 +331,8 @@ def _run_tune(args: argparse.Namespace) -> int:
     )
     settings = TuneSettings(method=args.method, task=args.task, prior=args.prior, images=args.images,
                             out=args.out, grid=grid, max_images=args.max_images, crop=args.crop,
-                            seed=args.seed, device=args.device)
+                            seed=args.seed, device=args.device, extend_rounds=args.extend_rounds,
+                            bounds=Bounds(max_iterations=args.max_iterations, sigma_cap=args.sigma_cap))
     table = tune(settings)
     best = table.loc[table["val_psnr"].idxmax()] if table["val_psnr"].notna().any() else None
     summary = "no finite candidate" if best is None else f"best val PSNR {best['val_psnr']:.2f} dB"
@@ -256,6 +368,11 @@ def register(subparsers) -> None:
     p.add_argument("--red-lam", type=float, nargs="+", help="red: prior weight(s) lam")
     p.add_argument("--red-sigma", type=float, nargs="+", help="red: denoiser level(s) sigma_denoise")
     p.add_argument("--red-step", type=float, nargs="+", default=[1.0], help="red: relaxation step(s) (default 1)")
+    p.add_argument("--extend-rounds", type=int, default=0,
+                   help="extra candidates tried beyond a grid edge that the best value sits on (default 0)")
+    p.add_argument("--max-iterations", type=int, default=200, help="largest K edge extension may try (default 200)")
+    p.add_argument("--sigma-cap", type=float, default=0.3,
+                   help="largest denoiser level edge extension may try: the backbone's training range (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="image i is degraded with seed + i (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", required=True, help="candidate CSV, e.g. results/quick/tune/admm_comp90.csv")

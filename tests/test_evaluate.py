@@ -165,3 +165,73 @@ def test_figure_draws_available_panels(setup, tmp_path):
                                      rows=(("comp80", "img0"), ("comp80", "img1")), scale="test"))
     with Image.open(out) as img:
         assert img.size[0] > img.size[1] > 100  # 5 columns wider than 2 rows are tall
+
+
+def test_extend_value_follows_the_grid_spacing_and_stops_at_bounds():
+    bounds = tn.Bounds(max_iterations=64, sigma_cap=0.3)
+    best = {"sigma_max": 0.2, "sigma_min": 0.06}
+    assert tn.extend_value("iterations", [15, 30], "min", best, bounds) == 8  # 15 * 15/30, rounded
+    assert tn.extend_value("iterations", [15, 30], "max", best, bounds) == 60
+    assert tn.extend_value("iterations", [32, 64], "max", best, bounds) is None  # 128 > max_iterations
+    assert tn.extend_value("iterations", [1, 2], "min", best, bounds) is None  # K >= 1
+    assert tn.extend_value("sigma_min", [0.01, 0.025, 0.06], "max", {**best, "sigma_max": 0.3}, bounds) == 0.144
+    assert tn.extend_value("sigma_min", [0.01, 0.025, 0.06], "max", {**best, "sigma_max": 0.1}, bounds) is None  # > sigma_max
+    assert tn.extend_value("sigma_max", [0.1, 0.2], "max", best, bounds) == 0.3  # 0.4 clipped to the cap
+    assert tn.extend_value("sigma_max", [0.15, 0.3], "max", best, bounds) is None  # already at the cap
+    assert tn.extend_value("lam", [0.03, 0.1], "min", best, bounds) == pytest.approx(0.009)
+
+
+def _extend_to_optimum(objective, grid, rounds, bounds=tn.Bounds()):
+    """Drive next_extension with a known objective, as tune() does; return the candidate table."""
+    rows = [{"method": "admm", **fields, "val_psnr": objective(fields)}
+            for fields, _ in tn.candidates("admm", grid, 0.0)]
+    swept = [n for n, v in tn.grid_axes("admm", grid).items() if len(v) > 1]
+    for _ in range(rounds):
+        proposal = tn.next_extension(pd.DataFrame(rows), "admm", swept, bounds)
+        if proposal is None:
+            break
+        fields, _ = tn.make_candidate("admm", proposal, 0.0)
+        rows.append({"method": "admm", **fields, "val_psnr": objective(fields)})
+    return pd.DataFrame(rows)
+
+
+def test_edge_extension_walks_past_the_grid_to_an_interior_optimum():
+    # optimum at K = 4, sigma_min = 0.14: both outside the grid, below resp. above
+    def objective(f):
+        return 30 - np.log(f["iterations"] / 4) ** 2 - 10 * np.log(f["sigma_min"] / 0.14) ** 2 - (f["sigma_max"] - 0.3) ** 2
+
+    grid = tn.Grid(iterations=(15, 30), sigma_max=(0.1, 0.2, 0.3), sigma_min=(0.01, 0.025, 0.06))
+    table = _extend_to_optimum(objective, grid, rounds=10)
+    best = table.loc[table["val_psnr"].idxmax()]
+    assert best["iterations"] == 4 and best["sigma_min"] == 0.144 and best["sigma_max"] == 0.3
+    assert tn.edge_flags(table, best, "admm") == ["sigma_max=max"]  # at the cap 0.3; K, sigma_min interior
+    assert len(table) <= 18 + 10
+    # without extension the best sits on two edges
+    plain = _extend_to_optimum(objective, grid, rounds=0)
+    assert tn.edge_flags(plain, plain.loc[plain["val_psnr"].idxmax()], "admm") == ["iterations=min", "sigma_max=max", "sigma_min=max"]
+
+
+def test_edge_extension_stops_when_every_edge_is_at_a_bound():
+    def objective(f):  # always wants more of everything
+        return f["iterations"] + 100 * f["sigma_max"] + 100 * f["sigma_min"]
+
+    grid = tn.Grid(iterations=(10, 20), sigma_max=(0.2, 0.3), sigma_min=(0.01, 0.02))
+    table = _extend_to_optimum(objective, grid, rounds=50, bounds=tn.Bounds(max_iterations=40, sigma_cap=0.3))
+    best = table.loc[table["val_psnr"].idxmax()]
+    assert best["iterations"] == 40 and best["sigma_max"] == 0.3 and best["sigma_min"] <= 0.3
+    assert len(table) < 8 + 50  # stopped early: nothing left to extend
+
+
+def test_tune_extension_rows_change_one_parameter_of_the_best(setup, tmp_path):
+    grid = tn.Grid(iterations=(2, 3), sigma_max=(0.1, 0.2), sigma_min=(0.01,), lam_scale=(1.0,))
+    out = tmp_path / "admm_blur.csv"
+    settings = tn.TuneSettings("admm", "blur1.6", str(setup["prior"]), str(setup["images"]), str(out), grid,
+                               max_images=1, crop=None, extend_rounds=2)
+    table = tn.tune(settings, progress=False)
+    assert list(table["round"][:4]) == [0, 0, 0, 0]
+    assert 4 < len(table) <= 6 and list(table["round"][4:]) == list(range(1, len(table) - 3))
+    first = table.iloc[4]
+    grid_best = table.iloc[:4].loc[table.iloc[:4]["val_psnr"].idxmax()]
+    changed = [n for n in ("iterations", "sigma_max", "sigma_min") if first[n] != grid_best[n]]
+    assert len(changed) == 1
+    assert not ((table.iloc[:4][["iterations", "sigma_max"]] == first[["iterations", "sigma_max"]]).all(axis=1)).any()

@@ -17,7 +17,7 @@ from conftest import REPO, TINY, write_synthetic_images, write_tiny_prior
 import torch
 
 from mtdeq.data import PatchDataset
-from mtdeq.models import BackboneConfig, build_backbone, load_prior
+from mtdeq.models import BackboneConfig, build_backbone, load_prior, save_checkpoint
 from mtdeq.tasks import TEST_TASKS
 from mtdeq.train import (
     CRASH_EXIT_CODE,
@@ -27,7 +27,9 @@ from mtdeq.train import (
     config_from_dict,
     deq_step,
     pretrain_denoiser,
+    load_train_state,
     run_bench,
+    save_train_state,
     solve_task,
     step_generator,
     train_deq,
@@ -209,10 +211,36 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_bit_for_bit(images, pr
     assert [float(r["lr"]) for r in rows_a] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4]  # StepLR survives resume
 
 
-def test_checkpoint_from_another_config_is_not_resumed(images, prior, tmp_path, capsys):
-    train_deq(_cfg(images, prior, tmp_path, steps=1, max_iter=2), quiet=True)
-    train_deq(_cfg(images, prior, tmp_path, steps=1, max_iter=3), quiet=False)
-    assert "differs in ['max_iter']" in capsys.readouterr().err
+def test_resume_state_is_used_only_for_the_same_config_and_initial_weights(images, prior, tmp_path):
+    import dataclasses
+    import shutil
+
+    init = tmp_path / "init.pt"
+    shutil.copy(prior, init)
+    cfg = _cfg(images, init, tmp_path, steps=1, max_iter=2)
+    model, backbone = load_prior(init)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[])
+    state = tmp_path / "deq.pt.ckpt"
+    save_train_state(state, stage="train-deq", cfg=cfg, backbone=backbone, step=1, model=model,
+                     optimizer=optimizer, scheduler=scheduler, totals={})
+    messages: list[str] = []
+
+    def resume(c):
+        return load_train_state(state, stage="train-deq", cfg=c, model=model, optimizer=optimizer,
+                                scheduler=scheduler, log=messages.append)[0]
+
+    assert resume(cfg) == 1 and "resuming after step 1" in messages[-1]
+    assert resume(dataclasses.replace(cfg, max_iter=3)) == 0 and "differs in ['max_iter']" in messages[-1]
+    torch.manual_seed(7)  # the same --init path, other weights (e.g. the Gauss prior was retrained)
+    save_checkpoint(init, build_backbone(TINY), TINY)
+    assert resume(cfg) == 0 and "other initial weights" in messages[-1]
+
+
+def test_a_finished_run_leaves_no_resume_state(images, prior, tmp_path):
+    cfg = _cfg(images, prior, tmp_path, steps=2, max_iter=2, checkpoint_every=1)
+    train_deq(cfg, quiet=True)
+    assert Path(cfg.out).is_file() and not Path(cfg.out + ".ckpt").exists()
 
 
 # ----------------------------------------------------------------------------- configs

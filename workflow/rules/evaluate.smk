@@ -7,6 +7,9 @@ TUNE = config["tune"]
 EVAL = config["evaluate"]
 TASKS = EVAL["tasks"]
 METHODS = EVAL["methods"]
+# edge extension of both grid searches (tune.extend_rounds beyond the grid, within the bounds)
+EXTEND = (f"--extend-rounds {TUNE['extend_rounds']} --max-iterations {TUNE['max_iterations']}"
+          f" --sigma-cap {TUNE['sigma_cap']}")
 # Table rows of `all`: evaluate.methods plus the extras of tune.own_priors and spread.seeds
 # (both empty by default).
 ALL_METHODS = METHODS + extra_methods(TUNE["own_priors"], config["spread"]["seeds"], "spread.seeds")
@@ -27,6 +30,7 @@ rule tune_admm:
         sigma_max=TUNE["admm"]["sigma_max"],
         sigma_min=TUNE["admm"]["sigma_min"],
         lam_scale=TUNE["admm"]["lam_scale"],
+        edges=EXTEND,
         seed=config["seed"],
         device=device("tune"),
     log:
@@ -44,7 +48,7 @@ rule tune_admm:
         "python -m mtdeq tune --method admm --task {wildcards.task} --prior {input.prior}"
         " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
         " --iterations {params.iterations} --sigma-max {params.sigma_max}"
-        " --sigma-min {params.sigma_min} --lam-scale {params.lam_scale}"
+        " --sigma-min {params.sigma_min} --lam-scale {params.lam_scale} {params.edges}"
         " --seed {params.seed} --device {params.device} --out {output} > {log} 2>&1"
 
 
@@ -63,6 +67,7 @@ rule tune_red:
         lam=TUNE["red"]["lam"],
         sigma=TUNE["red"]["sigma"],
         step=TUNE["red"]["step"],
+        edges=EXTEND,
         seed=config["seed"],
         device=device("tune"),
     log:
@@ -80,7 +85,7 @@ rule tune_red:
         "python -m mtdeq tune --method red --task {wildcards.task} --prior {input.prior}"
         " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
         " --iterations {params.iterations} --red-lam {params.lam} --red-sigma {params.sigma}"
-        " --red-step {params.step} --seed {params.seed} --device {params.device}"
+        " --red-step {params.step} {params.edges} --seed {params.seed} --device {params.device}"
         " --out {output} > {log} 2>&1"
 
 
