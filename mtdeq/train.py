@@ -423,15 +423,19 @@ def init_fingerprint(cfg) -> str | None:
     return sha256_file(init) if init else None
 
 
-def save_train_state(path: Path, *, stage, cfg, backbone, step, model, optimizer, scheduler, totals) -> None:
-    """Write the resume state atomically (see the module docstring for its layout)."""
+def save_train_state(path: Path, *, stage, cfg, backbone, step, model, optimizer, scheduler, totals,
+                     init_sha256: str | None) -> None:
+    """Write the resume state atomically (see the module docstring for its layout).
+
+    ``init_sha256``: ``init_fingerprint(cfg)``, taken once when the run starts.
+    """
     from mtdeq.io import atomic_torch_save, provenance
 
     state = {
         "format": STATE_FORMAT,
         "stage": stage,
         "config": asdict(cfg),
-        "init_sha256": init_fingerprint(cfg),
+        "init_sha256": init_sha256,
         "backbone": asdict(backbone),
         "step": step,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -449,7 +453,8 @@ def save_train_state(path: Path, *, stage, cfg, backbone, step, model, optimizer
     atomic_torch_save(state, path)
 
 
-def load_train_state(path: Path, *, stage, cfg, model, optimizer, scheduler, log) -> tuple[int, dict]:
+def load_train_state(path: Path, *, stage, cfg, model, optimizer, scheduler, log,
+                     init_sha256: str | None) -> tuple[int, dict]:
     """Restore a resume state written by the same stage and config; returns (step, totals).
 
     A missing file, or one written with another stage or config (the differing keys are
@@ -466,7 +471,7 @@ def load_train_state(path: Path, *, stage, cfg, model, optimizer, scheduler, log
     if differ:
         log(f"{path}: written with another config (differs in {differ}); starting fresh")
         return 0, {}
-    if state.get("init_sha256") != init_fingerprint(cfg):
+    if state.get("init_sha256") != init_sha256:
         log(f"{path}: written for other initial weights ({cfg.init} has changed since); starting fresh")
         return 0, {}
     model.load_state_dict(state["model"])
@@ -488,12 +493,13 @@ def _save_final(cfg, stage, model, backbone, step, totals) -> None:
 
 
 # --------------------------------------------------------------------------- denoiser pretraining
-def _end_of_step(step, stage, cfg, backbone, model, optimizer, scheduler, totals, dist, state_path, stop_after):
+def _end_of_step(step, stage, cfg, backbone, model, optimizer, scheduler, totals, dist, state_path, stop_after,
+                 init_sha256):
     """Checkpoint every ``cfg.checkpoint_every`` steps and at the last one; ``stop_after``: simulated crash."""
     if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
         if dist.is_main:
             save_train_state(state_path, stage=stage, cfg=cfg, backbone=backbone, step=step, model=model,
-                             optimizer=optimizer, scheduler=scheduler, totals=totals)
+                             optimizer=optimizer, scheduler=scheduler, totals=totals, init_sha256=init_sha256)
         dist.barrier()  # the state is on disk before any rank goes on (or stops)
     if stop_after is not None and step == stop_after:
         os._exit(CRASH_EXIT_CODE)  # simulated crash (tests): no clean-up, no final checkpoint
@@ -559,9 +565,11 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones),
                                                      gamma=cfg.lr_gamma)
     state_path = _state_path(cfg.out)
+    init_sha = init_fingerprint(cfg)  # once per run: the weights this run starts from
     start, totals = (0, {})
     if resume and cfg.steps > 0:
-        start, totals = load_train_state(state_path, stage="pretrain-denoiser", cfg=cfg, model=model,
+        start, totals = load_train_state(state_path, stage="pretrain-denoiser", cfg=cfg, init_sha256=init_sha,
+                                         model=model,
                                          optimizer=optimizer, scheduler=scheduler, log=log)
         _check_same_step(start, dist, device, state_path)
     net = _wrap_ddp(model, dist, device) if cfg.steps > 0 else model  # forward/backward go through net
@@ -608,7 +616,7 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
         _end_of_step(step, "pretrain-denoiser", cfg, backbone, model, optimizer, scheduler, totals, dist,
-                     state_path, stop_after)
+                     state_path, stop_after, init_sha)
     bar.close()
     _finish("pretrain-denoiser", cfg, backbone, model, totals, dist)
     return Path(cfg.out)
@@ -785,9 +793,10 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
     else:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[], gamma=cfg.lr_gamma)
     state_path = _state_path(cfg.out)
+    init_sha = init_fingerprint(cfg)  # once per run: the weights this run starts from
     start, totals = (0, {})
     if resume:
-        start, totals = load_train_state(state_path, stage="train-deq", cfg=cfg, model=model,
+        start, totals = load_train_state(state_path, stage="train-deq", cfg=cfg, init_sha256=init_sha, model=model,
                                          optimizer=optimizer, scheduler=scheduler, log=log)
         _check_same_step(start, dist, device, state_path)
     net = _wrap_ddp(model, dist, device)  # the training forwards/backwards go through net
@@ -830,7 +839,7 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
         bar.set_postfix(loss="skipped" if stats.loss is None else f"{stats.loss:.4g}",
                         it=f"{np.mean(stats.iterations):.0f}")
         _end_of_step(step, "train-deq", cfg, backbone, model, optimizer, scheduler, totals, dist, state_path,
-                     stop_after)
+                     stop_after, init_sha)
     bar.close()
     _finish("train-deq", cfg, backbone, model, totals, dist)
     return totals

@@ -42,11 +42,14 @@ TUNED_COLUMNS = [
     "method", "task", "iterations", "sigma_max", "sigma_min", "lam", "sigma_denoise", "step",
     "val_psnr", "on_edge", "lam_scale", "n_images",
 ]
-# the columns that are swept, per algorithm (lam is derived from lam_scale for admm)
-SWEPT = {
-    "admm": ("iterations", "sigma_max", "sigma_min", "lam_scale"),
-    "red": ("iterations", "lam", "sigma_denoise", "step"),
+# the columns that are swept, per algorithm (lam is derived from lam_scale for admm), each with
+# the Grid field that holds its values
+GRID_FIELDS = {
+    "admm": {"iterations": "iterations", "sigma_max": "sigma_max", "sigma_min": "sigma_min",
+             "lam_scale": "lam_scale"},
+    "red": {"iterations": "iterations", "lam": "red_lam", "sigma_denoise": "red_sigma", "step": "red_step"},
 }
+SWEPT = {algorithm: tuple(fields) for algorithm, fields in GRID_FIELDS.items()}
 FORBIDDEN_VALIDATION = "set5"
 # the parameters that carry a denoiser level (bounded by --sigma-cap)
 SIGMA_PARAMS = ("sigma_max", "sigma_min", "sigma_denoise")
@@ -72,38 +75,27 @@ def admm_lam(lam_scale: float, sigma_noise: float) -> float:
 
 def make_candidate(algorithm: str, values: dict, sigma_noise: float) -> tuple[dict, SolverParams]:
     """(row fields, SolverParams) of one candidate; ``values`` holds the SWEPT[algorithm] entries."""
-    k = int(values["iterations"])
-    if algorithm == "admm":
-        lam = admm_lam(values["lam_scale"], sigma_noise)
-        params = SolverParams("admm", k, sigma_max=float(values["sigma_max"]),
-                              sigma_min=float(values["sigma_min"]), lam=lam)
-        fields = {"iterations": k, "sigma_max": float(values["sigma_max"]),
-                  "sigma_min": float(values["sigma_min"]), "lam_scale": float(values["lam_scale"]), "lam": lam}
-    elif algorithm == "red":
-        params = SolverParams("red", k, lam=float(values["lam"]), sigma_denoise=float(values["sigma_denoise"]),
-                              step=float(values["step"]))
-        fields = {"iterations": k, "lam": float(values["lam"]), "sigma_denoise": float(values["sigma_denoise"]),
-                  "step": float(values["step"])}
-    else:
+    if algorithm not in SWEPT:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected 'admm' or 'red'")
+    fields = {name: float(values[name]) for name in SWEPT[algorithm]}
+    fields["iterations"] = k = int(values["iterations"])
+    if algorithm == "admm":
+        fields["lam"] = admm_lam(fields["lam_scale"], sigma_noise)
+        params = SolverParams("admm", k, sigma_max=fields["sigma_max"], sigma_min=fields["sigma_min"],
+                              lam=fields["lam"])
+    else:
+        params = SolverParams("red", k, lam=fields["lam"], sigma_denoise=fields["sigma_denoise"], step=fields["step"])
     return fields, params
 
 
 def grid_axes(algorithm: str, grid: Grid) -> dict[str, tuple]:
     """The value list of every SWEPT[algorithm] parameter; ValueError when one is empty."""
-    if algorithm == "admm":
-        axes = {"iterations": grid.iterations, "sigma_max": grid.sigma_max, "sigma_min": grid.sigma_min,
-                "lam_scale": grid.lam_scale}
-        flags = {"sigma_max": "sigma_max", "sigma_min": "sigma_min", "lam_scale": "lam_scale"}
-    elif algorithm == "red":
-        axes = {"iterations": grid.iterations, "lam": grid.red_lam, "sigma_denoise": grid.red_sigma,
-                "step": grid.red_step}
-        flags = {"lam": "red_lam", "sigma_denoise": "red_sigma", "step": "red_step"}
-    else:
+    if algorithm not in GRID_FIELDS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected 'admm' or 'red'")
-    for name, values in axes.items():
-        if not values:
-            raise ValueError(f"tune --method {algorithm}: the grid for {flags.get(name, name)} is empty")
+    axes = {name: getattr(grid, field) for name, field in GRID_FIELDS[algorithm].items()}
+    for name, field in GRID_FIELDS[algorithm].items():
+        if not axes[name]:
+            raise ValueError(f"tune --method {algorithm}: the grid for {field} is empty")
     return axes
 
 

@@ -26,8 +26,9 @@ from mtdeq.train import (
     add_bench_args,
     config_from_dict,
     deq_step,
-    pretrain_denoiser,
+    init_fingerprint,
     load_train_state,
+    pretrain_denoiser,
     run_bench,
     save_train_state,
     solve_task,
@@ -223,12 +224,12 @@ def test_resume_state_is_used_only_for_the_same_config_and_initial_weights(image
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[])
     state = tmp_path / "deq.pt.ckpt"
     save_train_state(state, stage="train-deq", cfg=cfg, backbone=backbone, step=1, model=model,
-                     optimizer=optimizer, scheduler=scheduler, totals={})
+                     optimizer=optimizer, scheduler=scheduler, totals={}, init_sha256=init_fingerprint(cfg))
     messages: list[str] = []
 
     def resume(c):
         return load_train_state(state, stage="train-deq", cfg=c, model=model, optimizer=optimizer,
-                                scheduler=scheduler, log=messages.append)[0]
+                                scheduler=scheduler, log=messages.append, init_sha256=init_fingerprint(c))[0]
 
     assert resume(cfg) == 1 and "resuming after step 1" in messages[-1]
     assert resume(dataclasses.replace(cfg, max_iter=3)) == 0 and "differs in ['max_iter']" in messages[-1]
