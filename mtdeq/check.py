@@ -1,6 +1,19 @@
 """Compare regenerated Tables I-II with a blessed reference, cell by cell.
 
-    python -m mtdeq check --reference results/reference/<scale> --results results --tolerance 0.05 [--bless]
+    python -m mtdeq check --reference results/reference/<scale> [--results results] [--tolerance DB] [--bless]
+
+The allowed difference of each cell comes from ``<reference>/tolerance.yaml``, written with
+the measurement it came from (how far the cells moved when the same DAG ran under other SIMD
+kernels and thread counts): a ``default`` in dB, optionally overridden per table (``tables``)
+and per method key (``rows``).  ``--tolerance`` replaces all of them by one value; without
+either, 0.05 dB.
+
+When a cell fails, the check also says where the two runs part: the tables' provenance
+records a fingerprint of every trained checkpoint, the tuned settings and every evaluation
+CSV (``mtdeq.fingerprint``), and the first stage whose fingerprint differs from the
+reference's is named ("gauss.pt differs: training is not bit-reproducible on this machine"
+as opposed to "weights equal, evaluation differs").  Failing cells are listed again sorted
+by |difference|, and the devices and CPU kernels of both runs are printed.
 
 Only our numbers are compared (rows of kind ``ours`` and ``extra``, the ``<task>`` columns;
 never the paper's values, the differences or the derived rows, which follow from the
@@ -30,7 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
+from mtdeq.fingerprint import explain
 from mtdeq.tables import DELTA_SUFFIX, PAPER_SUFFIX, TABLES
 
 COMPARED_KINDS = ("ours", "extra")
@@ -40,6 +55,8 @@ BLESSED_FILES = TABLE_FILES + ["fig2.png"]
 EXTRA_FILES = ["spread.csv", *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
                "{scale}/tuned_params.csv", "{scale}/timings.csv", "{scale}/convergence.csv"]
 EXTRA_GLOBS = ["{scale}/tuned_params_own/*.csv"]
+TOLERANCE_FILE = "tolerance.yaml"  # written by hand from a measurement; kept across --bless
+FALLBACK_TOLERANCE = 0.05
 
 
 class CheckError(RuntimeError):
@@ -94,7 +111,45 @@ def our_cells(path: Path) -> dict[tuple[str, str], float]:
     return cells
 
 
-def compare(reference: Path, results: Path, tolerance: float) -> list[Cell]:
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed |ours - reference| in dB: per method key, else per table, else the default."""
+
+    default: float
+    tables: dict
+    rows: dict
+    source: str
+
+    def of(self, table: str, method: str) -> float:
+        return float(self.rows.get(method, self.tables.get(table, self.default)))
+
+
+def load_tolerance(reference: Path, override: float | None) -> Tolerance:
+    """--tolerance when given, else <reference>/tolerance.yaml, else FALLBACK_TOLERANCE."""
+    if override is not None:
+        if not (override >= 0):
+            raise CheckError(f"--tolerance {override}: must be a number >= 0 (dB)")
+        return Tolerance(override, {}, {}, "--tolerance")
+    path = reference / TOLERANCE_FILE
+    if not path.is_file():
+        return Tolerance(FALLBACK_TOLERANCE, {}, {}, f"fallback {FALLBACK_TOLERANCE} dB ({path} not found)")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise CheckError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(spec, dict) or "default" not in spec:
+        raise CheckError(f"{path}: expected a mapping with a 'default' tolerance in dB")
+    unknown = sorted(set(spec) - {"default", "tables", "rows", "measured"})
+    if unknown:
+        raise CheckError(f"{path}: unknown key(s) {unknown}; expected default, tables, rows, measured")
+    tables, rows = spec.get("tables") or {}, spec.get("rows") or {}
+    for key, value in [("default", spec["default"]), *tables.items(), *rows.items()]:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise CheckError(f"{path}: tolerance {key}: {value!r} is not a number >= 0 (dB)")
+    return Tolerance(float(spec["default"]), dict(tables), dict(rows), str(path))
+
+
+def compare(reference: Path, results: Path, tolerance: Tolerance) -> list[Cell]:
     """Every reference cell against the results; raises CheckError when the scales differ."""
     cells = []
     for table in TABLES:
@@ -106,7 +161,8 @@ def compare(reference: Path, results: Path, tolerance: float) -> list[Cell]:
             )
         ours = our_cells(results / f"{table}.csv")
         for (method, task), value in our_cells(reference / f"{table}.csv").items():
-            cells.append(Cell(table, method, task, value, ours.get((method, task), math.nan), tolerance))
+            cells.append(Cell(table, method, task, value, ours.get((method, task), math.nan),
+                              tolerance.of(table, method)))
     return cells
 
 
@@ -162,7 +218,23 @@ def bless(reference: Path, results: Path) -> list[Path]:
     return copied
 
 
-def run_check(reference: str | Path, results: str | Path, tolerance: float, *, do_bless: bool = False) -> int:
+def _sidecar(folder: Path) -> dict:
+    path = folder / "table1.provenance.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def describe_run(sidecar: dict) -> str:
+    """Devices, CPU kernels, precision and threads of a run, from its table provenance."""
+    record = sidecar.get("provenance", {})
+    devices = ", ".join(sidecar.get("devices") or ["unrecorded"])
+    env = " ".join(f"{k}={v}" for k, v in (record.get("env") or {}).items())
+    return (f"device(s) {devices}; tables written with CPU kernels {record.get('cpu_capability', '?')}, "
+            f"precision {record.get('precision', '?')}, torch {record.get('torch', '?')}"
+            + (f", {env}" if env else ""))
+
+
+def run_check(reference: str | Path, results: str | Path, tolerance: float | None = None, *,
+              do_bless: bool = False) -> int:
     """Print every cell and return the exit status (0 = all within tolerance)."""
     reference, results = Path(reference), Path(results)
     try:
@@ -170,21 +242,38 @@ def run_check(reference: str | Path, results: str | Path, tolerance: float, *, d
             for path in bless(reference, results):
                 print(f"blessed {path}")
             return 0
-        cells = compare(reference, results, tolerance)
+        limits = load_tolerance(reference, tolerance)
+        cells = compare(reference, results, limits)
     except CheckError as err:
         print(f"check: ERROR: {err}")
         return 1
-    print(f"{'table':7} {'method':26} {'task':16} {'reference':>9} {'ours':>9} {'diff':>7}")
+    ref_side, our_side = _sidecar(reference), _sidecar(results)
+    print(f"reference: {describe_run(ref_side)}")
+    print(f"results:   {describe_run(our_side)}")
+    print(f"tolerance: {limits.source}")
+    print(f"{'table':7} {'method':26} {'task':16} {'reference':>9} {'ours':>9} {'diff':>7} {'tol':>5}")
     for c in cells:
-        status = "OK" if c.ok else ("FAIL (missing in results)" if math.isnan(c.ours) else "FAIL")
-        print(f"{c.table:7} {c.method:26} {c.task:16} {c.reference:9.2f} {c.ours:9.2f} {c.diff:+7.2f} {status}")
+        print(_cell_line(c))
     failed = [c for c in cells if not c.ok]
     if not cells:
         print(f"check: FAIL: zero cells compared (reference {reference} has no values)")
         return 1
+    if failed:
+        print("failing cells, largest |diff| first:")
+        for c in sorted(failed, key=lambda c: -abs(c.diff) if math.isfinite(c.diff) else -math.inf):
+            print(_cell_line(c))
+        print(f"where the runs part: {explain(ref_side.get('artefacts'), our_side.get('artefacts'))}")
     verdict = "FAIL" if failed else "OK"
-    print(f"check: {verdict}: {len(cells) - len(failed)}/{len(cells)} cell(s) within ±{tolerance} dB")
+    worst = max((abs(c.diff) for c in cells if math.isfinite(c.diff)), default=math.nan)
+    print(f"check: {verdict}: {len(cells) - len(failed)}/{len(cells)} cell(s) within tolerance "
+          f"(max |diff| {worst:.3f} dB)")
     return 1 if failed else 0
+
+
+def _cell_line(c: Cell) -> str:
+    status = "OK" if c.ok else ("FAIL (missing in results)" if math.isnan(c.ours) else "FAIL")
+    return (f"{c.table:7} {c.method:26} {c.task:16} {c.reference:9.2f} {c.ours:9.2f} {c.diff:+7.2f} "
+            f"{c.tolerance:5.2f} {status}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -201,6 +290,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--reference", required=True, help="blessed folder, e.g. results/reference/ci")
     p.add_argument("--results", default="results", help="folder with the regenerated tables (default results)")
-    p.add_argument("--tolerance", type=float, default=0.05, help="largest allowed |ours - reference| in dB")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest allowed |ours - reference| in dB for every cell; default: the "
+                   f"reference's {TOLERANCE_FILE} (measured spread), else {FALLBACK_TOLERANCE}")
     p.add_argument("--bless", action="store_true", help="copy the current tables into --reference instead")
     p.set_defaults(func=_run)

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
             "'python -m mtdeq <stage> --help' explains its arguments."
         ),
     )
+    parser.add_argument(
+        "--precision", choices=("float32", "float64"), default="float32",
+        help="floating-point precision of every tensor the stage creates (default float32; the "
+        "ci scale uses float64 so that its numbers do not depend on the CPU's SIMD kernels)",
+    )
     sub = parser.add_subparsers(dest="stage", metavar="<stage>")
     for name in STAGE_MODULES:
         try:
@@ -56,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     # slower; flushing them to zero changes no result beyond float32 round-off.
     import torch
 
+    from mtdeq.runtime import set_precision
+
     torch.set_flush_denormal(True)
+    set_precision(args.precision)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.stage is None else 2

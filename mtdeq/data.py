@@ -320,7 +320,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     A patch is image[:, t:t+crop, l:l+crop] at a uniformly random location (t, l), then
     rotated by k*90 degrees (k uniform in 0..3) and mirrored left-right with probability 1/2.
-    Images are RGB float32 in [0, 1] (greyscale files are repeated on three channels by
+    Images are RGB (default dtype, float32 unless --precision float64) in [0, 1] (greyscale files are repeated on three channels by
     mtdeq.io.read_image); images smaller than ``crop`` are reflect-padded to at least
     crop x crop.  Decoded images are cached in memory as uint8 on first use.
 
@@ -372,10 +372,10 @@ class PatchDataset(torch.utils.data.Dataset):
         patch = torch.rot90(patch, rot, dims=(1, 2))
         if flip:
             patch = patch.flip(2)
-        return patch.to(torch.float32).div_(255.0)
+        return patch.to(torch.get_default_dtype()).div_(255.0)
 
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
-        """Draw (B, 3, crop, crop) float32 patches in [0, 1] using only ``generator``."""
+        """Draw (B, 3, crop, crop) patches (default dtype) in [0, 1] using only ``generator``."""
         index = torch.randint(len(self), (batch_size,), generator=generator)
         where = torch.rand(batch_size, 2, generator=generator, dtype=torch.float64)
         rot = torch.randint(4, (batch_size,), generator=generator)

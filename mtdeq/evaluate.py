@@ -133,30 +133,12 @@ def run_solver(params: SolverParams, *, op, y, denoiser, sigma_noise: float, pro
     """Run PnP-ADMM or RED with ``params``; returns (x (B, 3, H, W), info with .iterations, .seconds)."""
     from mtdeq.solvers import pnp_admm, red
 
+    common = dict(op=op, y=y, denoiser=denoiser, sigma_noise=sigma_noise, iterations=params.iterations,
+                  lam=params.lam, progress=progress)
     if params.algorithm == "admm":
-        return pnp_admm(
-            op=op,
-            y=y,
-            denoiser=denoiser,
-            sigma_noise=sigma_noise,
-            iterations=params.iterations,
-            sigma_max=params.sigma_max,
-            sigma_min=params.sigma_min,
-            lam=params.lam,
-            progress=progress,
-        )
+        return pnp_admm(**common, sigma_max=params.sigma_max, sigma_min=params.sigma_min)
     if params.algorithm == "red":
-        return red(
-            op=op,
-            y=y,
-            denoiser=denoiser,
-            sigma_noise=sigma_noise,
-            iterations=params.iterations,
-            sigma_denoise=params.sigma_denoise,
-            lam=params.lam,
-            step=1.0 if params.step is None else params.step,
-            progress=progress,
-        )
+        return red(**common, sigma_denoise=params.sigma_denoise, step=1.0 if params.step is None else params.step)
     raise ValueError(f"unknown algorithm {params.algorithm!r}; expected 'admm' or 'red'")
 
 
@@ -184,7 +166,7 @@ class EvalSettings:
     max_images: int | None = None
     crop: int | None = None
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     algorithm: str | None = None  # None -> algorithm_for(method)
 
 
@@ -197,6 +179,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     from mtdeq.io import atomic_write_text, provenance, write_image
     from mtdeq.metrics import psnr, ssim
     from mtdeq.models import load_prior
+    from mtdeq.runtime import describe_device, resolve_device
 
     if not _METHOD_NAME.match(settings.method):
         raise ValueError(f"--method {settings.method!r}: expected a lower-case name such as {METHODS}")
@@ -206,7 +189,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     algorithm = settings.algorithm or algorithm_for(settings.method)
     params = read_params(settings.params, algorithm, settings.task, method=settings.method)
     denoiser, backbone = load_prior(settings.prior)
-    device = torch.device(settings.device)
+    device = resolve_device(settings.device)
     denoiser = denoiser.to(device)
     images = load_test_images(settings.images, max_images=settings.max_images, crop=settings.crop)
 
@@ -242,6 +225,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     record = provenance(
         {"settings": asdict(settings), "params": asdict(params), "backbone": asdict(backbone)}
     )
+    record["device"] = describe_device(device)
     atomic_write_text(out.with_suffix(".provenance.json"), json.dumps(record, indent=2) + "\n")
     return table
 
@@ -287,7 +271,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-images", type=int, default=None, help="use only the first N sorted images")
     p.add_argument("--crop", type=int, default=None, help="centre-crop images to this size (cheap scales)")
     p.add_argument("--seed", type=int, default=0, help="image i is degraded with seed + i (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda, else mps, else cpu; the default), cpu, cuda, mps")
     p.add_argument(
         "--algorithm",
         choices=("admm", "red"),

@@ -1,6 +1,6 @@
 """Image files, atomic writes and provenance records.
 
-Images live on disk as 8-bit RGB files and in memory as float32 tensors shaped (3, H, W)
+Images live on disk as 8-bit RGB files and in memory as tensors of torch's default dtype (float32 unless ``--precision float64``) shaped (3, H, W)
 with values in [0, 1] (pixel value / 255).  Every file this project writes goes through an
 atomic helper: the bytes are written to a temporary file in the destination directory and
 moved into place with ``os.replace``, so a crash never leaves a half-written result that a
@@ -73,7 +73,7 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------------- images
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read a PNG/JPEG/BMP file as an RGB float32 tensor x of shape (3, H, W), x = I / 255.
+    """Read a PNG/JPEG/BMP file as an RGB tensor (default dtype) x of shape (3, H, W), x = I / 255.
 
     Greyscale, palette and RGBA files are converted to RGB (alpha is dropped, grey is
     repeated on the three channels).  16-bit files are not supported.
@@ -98,7 +98,7 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
     array = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.get_default_dtype()).div_(255.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -168,12 +168,18 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+# environment variables that change float32 results from one CPU to another (recorded as set)
+PORTABILITY_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_CBWR")
+
+
 def provenance(config: dict | None = None) -> dict:
     """Where a result came from: code version, library versions, time and command line.
 
     Returns a dict with keys ``git_commit`` (``git rev-parse HEAD`` or "unknown"),
     ``git_dirty`` (True/False, None when git is unavailable), ``mtdeq``, ``torch``,
-    ``numpy``, ``python``, ``platform``, ``utc_time`` (ISO 8601), ``argv`` and, when
+    ``numpy``, ``python``, ``platform``, ``cpu_capability`` (the SIMD level ATen dispatches
+    to), ``precision`` (torch's default dtype), ``threads``, ``env`` (those of PORTABILITY_ENV
+    that are set), ``utc_time`` (ISO 8601), ``argv`` and, when
     given, ``config`` (stored as passed).
     """
     from mtdeq import __version__
@@ -188,6 +194,10 @@ def provenance(config: dict | None = None) -> dict:
         "numpy": str(np.__version__),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "precision": str(torch.get_default_dtype()).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "env": {k: os.environ[k] for k in PORTABILITY_ENV if k in os.environ},
         "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": list(sys.argv),
     }

@@ -28,6 +28,8 @@ For table t in {table1, table2} the stage writes into --out-dir:
     value in parentheses (bold = best, underlined = second best among kind "ours", per
     column, on the values as printed), a table of the differences ours - paper and, when
     seed rows exist, the run-to-run spread |Proposed - Proposed (seed s)| per column.
+``<t>.html``
+    the same page as self-contained HTML (for ``snakemake --report``).
 ``spread.csv`` (both tables, always written; no data rows without seed rows)
     columns table, task, seed, proposed, proposed_seed, spread = |proposed - proposed_seed| (dB).
 
@@ -160,6 +162,15 @@ def read_eval_dir(eval_dir: str | Path, methods: list[str] | None = None) -> pd.
     return pd.concat(frames, ignore_index=True)
 
 
+def eval_devices(eval_dir: Path, methods: list[str] | None) -> list[str]:
+    """The devices recorded by the evaluation stage (``<method>/<task>.provenance.json``), sorted."""
+    found = set()
+    for path in sorted(eval_dir.glob("*/*.provenance.json")):
+        if methods is None or path.parent.name in methods:
+            found.add(str(json.loads(path.read_text()).get("device", "unrecorded")))
+    return sorted(found)
+
+
 def mean_psnr(per_image: pd.DataFrame) -> pd.DataFrame:
     """Mean PSNR per (method, task): columns method, task, psnr, n_images, images (sorted names)."""
     groups = per_image.groupby(["method", "task"], sort=True)
@@ -242,6 +253,43 @@ def ranks(table: pd.DataFrame, task: str) -> tuple[float | None, float | None]:
     return (distinct[0] if distinct else None, distinct[1] if len(distinct) > 1 else None)
 
 
+def markdown_to_html(text: str, *, title: str) -> str:
+    """A self-contained HTML page of the Markdown that ``to_markdown`` writes.
+
+    Only that subset is handled: ``##``/``###`` headings, pipe tables (first row = header,
+    second = alignment), paragraphs, ``**bold**`` and ``` `code` ```; the ``<u>`` marks pass through.
+    """
+    def inline(s: str) -> str:
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    body, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("### ") or line.startswith("## "):
+            level = 3 if line.startswith("### ") else 2
+            body.append(f"<h{level}>{inline(line[level + 1:])}</h{level}>")
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            head = "".join(f"<th>{inline(c)}</th>" for c in cells(block[0]))
+            rows = ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(r)) + "</tr>" for r in block[2:]]
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            continue
+        elif line.strip():
+            body.append(f"<p>{inline(line)}</p>")
+        i += 1
+    style = ("body{font-family:sans-serif} table{border-collapse:collapse;margin:0.5em 0} "
+             "td,th{border:1px solid #bbb;padding:2px 6px;text-align:right} td:first-child{text-align:left}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
 def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lines: list[str],
                 spread: pd.DataFrame | None = None) -> str:
     """Markdown: header, ours (paper) table with bold best / underlined second, Δ table, spread (if any)."""
@@ -299,6 +347,7 @@ class TableSettings:
 
 def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
     """Write <table>.csv, .md, .provenance.json for Tables I and II, and spread.csv; return the tables."""
+    from mtdeq.fingerprint import run_fingerprints
     from mtdeq.io import atomic_write_text, provenance
 
     paper = read_paper(settings.paper)
@@ -310,6 +359,10 @@ def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
     record = provenance(config)
     commit = record["git_commit"][:10] + (" (uncommitted changes)" if record.get("git_dirty") else "")
     out_dir = Path(settings.out_dir)
+    run_dir = Path(settings.eval_dir).parent
+    methods = None if settings.methods is None else list(settings.methods)
+    artefacts = run_fingerprints(run_dir, methods)
+    devices = eval_devices(Path(settings.eval_dir), methods)
     result, spreads = {}, []
     for name, title in TABLES.items():
         tasks = table_tasks(paper, name)
@@ -336,6 +389,8 @@ def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
                 {"method": m, "task": t, "psnr": p, "n_images": int(n), "images": list(i)}
                 for m, t, p, n, i in cells[["method", "task", "psnr", "n_images", "images"]].itertuples(index=False)
             ],
+            "devices": devices,
+            "artefacts": artefacts,
             "provenance": record,
         }
         header = [
@@ -347,8 +402,10 @@ def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
         ]
         atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.2f"))
         atomic_write_text(out_dir / f"{name}.provenance.json", json.dumps(sidecar, indent=2) + "\n")
-        atomic_write_text(out_dir / f"{name}.md", to_markdown(table, tasks, title=f"{title} — scale {settings.scale}",
-                                                              header_lines=header, spread=spread))
+        markdown = to_markdown(table, tasks, title=f"{title} — scale {settings.scale}", header_lines=header,
+                               spread=spread)
+        atomic_write_text(out_dir / f"{name}.md", markdown)
+        atomic_write_text(out_dir / f"{name}.html", markdown_to_html(markdown, title=f"{title} — {settings.scale}"))
         result[name] = table
     filled = [s for s in spreads if len(s)]
     spread = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=SPREAD_COLUMNS)

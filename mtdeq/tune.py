@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtdeq.evaluate import SolverParams, load_test_images, run_solver
+from mtdeq.runtime import resolve_device
 
 CANDIDATE_COLUMNS = [
     "method", "task", "iterations", "sigma_max", "sigma_min", "lam_scale", "lam",
@@ -170,7 +171,7 @@ class TuneSettings:
     max_images: int | None = 4
     crop: int | None = 128
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     extend_rounds: int = 0
     bounds: Bounds = Bounds()
 
@@ -191,7 +192,7 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     task = tasks.TEST_TASKS[settings.task]
     grid = candidates(settings.method, settings.grid, task.sigma_noise)
     denoiser, _ = load_prior(settings.prior)
-    device = torch.device(settings.device)
+    device = resolve_device(settings.device)
     denoiser = denoiser.to(device)
     images = load_test_images(settings.images, max_images=settings.max_images, crop=settings.crop)
     # degrade once: every candidate sees the same observations
@@ -366,7 +367,7 @@ def register(subparsers) -> None:
     p.add_argument("--sigma-cap", type=float, default=0.3,
                    help="largest denoiser level edge extension may try: the backbone's training range (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="image i is degraded with seed + i (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda, else mps, else cpu; the default), cpu, cuda, mps")
     p.add_argument("--out", required=True, help="candidate CSV, e.g. results/quick/tune/admm_comp90.csv")
     p.set_defaults(func=_run_tune)
 

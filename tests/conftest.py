@@ -42,3 +42,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def images(request, tmp_path_factory) -> Path:
+    """Smooth synthetic RGB PNGs with edges, one folder per test module: 5 images of 40 x 48, or
+    (count, height, width) from the module's SYNTHETIC_IMAGES."""
+    count, height, width = getattr(request.module, "SYNTHETIC_IMAGES", (5, 40, 48))
+    return write_synthetic_images(tmp_path_factory.mktemp("images"), count, height, width)
+
+
+@pytest.fixture(scope="module")
+def prior(tmp_path_factory) -> Path:
+    """A randomly initialised tiny DRUNet (TINY) in our checkpoint format."""
+    return write_tiny_prior(tmp_path_factory.mktemp("prior") / "init.pt")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from mtdeq import tables as tb
 from mtdeq.check import run_check
@@ -132,3 +133,63 @@ def test_bless_skips_extra_tables_of_another_scale(tmp_path, capsys):
     assert run_check(reference, results, 0.05, do_bless=True) == 0
     assert not (reference / "extra").exists()
     assert "another scale" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- measured tolerances
+def test_reference_tolerance_file_is_the_default_and_per_row_values_apply(blessed, tmp_path, capsys):
+    results = make_results(tmp_path / "run1", shift={("gauss", "blur1.6"): 0.1, ("proposed", "comp80"): 0.3})
+    (blessed / "tolerance.yaml").write_text("default: 0.15\nrows: {proposed: 0.5}\nmeasured: []\n")
+    assert run_check(blessed, results) == 0
+    out = capsys.readouterr().out
+    assert "tolerance.yaml" in out and "9/9" in out
+    (blessed / "tolerance.yaml").write_text("default: 0.15\nrows: {proposed: 0.2}\n")
+    assert run_check(blessed, results) == 1  # the per-row value is the limit for Proposed
+    (blessed / "tolerance.yaml").write_text("default: 0.05\ntables: {table1: 0.35}\n")
+    assert run_check(blessed, results) == 0  # both shifted cells are Table I cells
+    assert run_check(blessed, results, 0.05) == 1  # --tolerance overrides the file
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rows: {gauss: 0.1}\n", "'default'"),
+    ("default: -0.1\n", "not a number >= 0"),
+    ("default: 0.1\nrow: {gauss: 0.1}\n", "unknown key"),
+    ("default: [0.1\n", "not valid YAML"),
+])
+def test_bad_tolerance_file_is_an_error_naming_the_file(blessed, tmp_path, capsys, text, message):
+    results = make_results(tmp_path / "run1")
+    (blessed / "tolerance.yaml").write_text(text)
+    assert run_check(blessed, results) == 1
+    out = capsys.readouterr().out
+    assert "tolerance.yaml" in out and message in out
+
+
+def test_bless_keeps_the_measured_tolerance(blessed, tmp_path):
+    (blessed / "tolerance.yaml").write_text("default: 0.01\n")
+    results = make_results(tmp_path / "run1")
+    assert run_check(blessed, results, do_bless=True) == 0
+    assert (blessed / "tolerance.yaml").read_text() == "default: 0.01\n"
+
+
+def test_failing_cells_are_sorted_by_size_and_the_first_differing_stage_is_named(tmp_path, capsys):
+    def run(name, shift=None, weight=0.0):
+        root = tmp_path / name
+        (root / "models").mkdir(parents=True)
+        for prior in ("gauss", "mtdeq"):
+            torch.save({"state_dict": {"w": torch.full((2, 2), weight if prior == "mtdeq" else 0.0)},
+                        "provenance": {"time": name}}, root / "models" / f"{prior}.pt")
+        return make_results(root, shift=shift)
+
+    reference = tmp_path / "reference" / "ci"
+    assert run_check(reference, run("run0"), do_bless=True) == 0
+    # equal weights, different evaluation output
+    results = run("run1", shift={("gauss", "blur1.6"): 0.1, ("red", "comp80"): -0.3})
+    assert run_check(reference, results, 0.05) == 1
+    out = capsys.readouterr().out
+    failing = out.split("largest |diff| first:")[1].splitlines()[1:3]
+    assert "red" in failing[0] and "-0.30" in failing[0] and "gauss" in failing[1]
+    assert "first difference at evaluation" in out and "eval/gauss/blur1.6.csv" in out
+    # a trained prior whose weights differ is named before the evaluation (file time does not count)
+    results = run("run2", shift={("gauss", "blur1.6"): 0.1}, weight=1e-7)
+    assert run_check(reference, results, 0.05) == 1
+    out = capsys.readouterr().out
+    assert "first difference at training: models/mtdeq.pt" in out and "gauss.pt" not in out.split("where")[-1]

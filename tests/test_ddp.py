@@ -1,4 +1,4 @@
-"""Tests of data-parallel training (mtdeq.train under torchrun): 2 gloo processes on the CPU.
+"""Tests of data-parallel training (mtdeq.train.distributed under torchrun): 2 gloo processes on the CPU.
 
 A tiny DRUNet (nc 8 16 32 64, nb 1) on synthetic images.  The fixed-point tolerance is 0, so
 every solve runs exactly max_iter iterations and the runs being compared make the same
@@ -17,7 +17,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, write_synthetic_images, write_tiny_prior
+from conftest import REPO, TINY
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
@@ -30,36 +30,21 @@ from mtdeq.train import (
     DEQTrainConfig,
     DenoiserTrainConfig,
     Dist,
-    _wrap_ddp,
     deq_step,
     pretrain_denoiser,
     step_generator,
     train_deq,
 )
+from mtdeq.train.distributed import wrap_ddp
 
-pytestmark = pytest.mark.skipif(
-    not (torch_dist.is_available() and torch_dist.is_gloo_available()),
-    reason="torch.distributed with the gloo backend is not available in this torch build",
-)
+pytestmark = [
+    pytest.mark.skipif(not (torch_dist.is_available() and torch_dist.is_gloo_available()),
+                       reason="torch.distributed with the gloo backend is not available in this torch build"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 REL_TOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    """4 smooth synthetic RGB images (32 x 40) with edges, written as PNG."""
-    return write_synthetic_images(tmp_path_factory.mktemp("images"), 4, 32, 40)
-
-
-@pytest.fixture(scope="module")
-def prior(tmp_path_factory) -> Path:
-    """A randomly initialised tiny DRUNet in our checkpoint format."""
-    return write_tiny_prior(tmp_path_factory.mktemp("prior") / "init.pt")
+SYNTHETIC_IMAGES = (4, 32, 40)  # the conftest `images` fixture: 4 smooth synthetic RGB PNGs (32 x 40)
 
 
 def _free_port() -> int:
@@ -127,7 +112,7 @@ def _gradient_worker(rank: int, world_size: int, port: int, images: str, prior: 
         cfg = DEQTrainConfig(out="m.pt", init=prior, train_dirs=(images,), crop=16, max_iter=3, tol=0.0,
                              solver="anderson")
         model = load_prior(prior)[0].train()
-        net = _wrap_ddp(model, dist, torch.device("cpu"))
+        net = wrap_ddp(model, dist, torch.device("cpu"))
         x = PatchDataset([images], crop=16).sample_batch(torch.Generator().manual_seed(2), 4)
         tasks = [TEST_TASKS["blur2.0"], TEST_TASKS["sr2_bicubic_n1"], TEST_TASKS["comp80"]]
         stats = deq_step(net, torch.optim.SGD(model.parameters(), lr=0.0), x, tasks, step_generator(0, 5), cfg,

@@ -86,6 +86,9 @@ def test_tables_means_order_paper_columns_and_markdown(tmp_path):
     assert t2["sr3_gauss_n1"].isna().all() and t2.loc["red", "sr3_gauss_n1 paper"] == 30.05
 
     md = (tmp_path / "out" / "table1.md").read_text()
+    html = (tmp_path / "out" / "table1.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<table>") == md.count("\n|---|")
+    assert "<b>30.25</b> (30.72)" in html and "<u>29.50</u>" in html
     assert "scale **unit**" in md
     assert "| Proposed | **30.25** (30.72) |" in md
     assert "| Gauss + same budget | <u>29.50</u> |" in md

@@ -1,19 +1,20 @@
-"""Tests of mtdeq.train: Algorithm 1 step, resume, divergence, task sets, memory, configs, bench.
+"""Tests of mtdeq.train: Algorithm 1 step, resume, divergence, task sets, memory, configs, amp.
 
 Everything runs on CPU with a tiny DRUNet (nc 8 16 32 64, nb 1) on synthetic images.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
+import pickle
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, write_synthetic_images, write_tiny_prior
+from conftest import REPO, TINY
 import torch
 
 from mtdeq.data import PatchDataset
@@ -23,13 +24,11 @@ from mtdeq.train import (
     CRASH_EXIT_CODE,
     DEQTrainConfig,
     DenoiserTrainConfig,
-    add_bench_args,
     config_from_dict,
     deq_step,
     init_fingerprint,
     load_train_state,
     pretrain_denoiser,
-    run_bench,
     save_train_state,
     solve_task,
     step_generator,
@@ -37,22 +36,7 @@ from mtdeq.train import (
 )
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    """5 smooth synthetic RGB images (40 x 48) with edges, written as PNG."""
-    return write_synthetic_images(tmp_path_factory.mktemp("images"), 5, 40, 48)
-
-
-@pytest.fixture(scope="module")
-def prior(tmp_path_factory) -> Path:
-    """A randomly initialised tiny DRUNet in our checkpoint format."""
-    return write_tiny_prior(tmp_path_factory.mktemp("prior") / "init.pt")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(images, prior, tmp_path, **kw) -> DEQTrainConfig:
@@ -244,6 +228,41 @@ def test_a_finished_run_leaves_no_resume_state(images, prior, tmp_path):
     assert Path(cfg.out).is_file() and not Path(cfg.out + ".ckpt").exists()
 
 
+def _pickled_modules(path: Path) -> set[str]:
+    """The modules of every global (class or function) the pickle of a torch.save file names."""
+    seen: set[str] = set()
+
+    class Recording(pickle.Unpickler):
+        def find_class(self, module, name):
+            seen.add(module)
+            return super().find_class(module, name)
+
+    torch.load(path, map_location="cpu", weights_only=False,
+               pickle_module=types.SimpleNamespace(Unpickler=Recording, load=pickle.load, __name__="pickle"))
+    return seen
+
+
+def test_checkpoints_pickle_nothing_from_the_training_code(images, prior, tmp_path):
+    """Resume states and final checkpoints hold plain containers, tensors and numpy arrays only, so
+    files written before mtdeq/train.py became the mtdeq.train package (or after any later move of
+    the training code) still load and resume."""
+    cfg = DenoiserTrainConfig(out=str(tmp_path / "g.pt"), backbone="drunet", nc=TINY.nc, nb=TINY.nb,
+                              train_dirs=(str(images),), crop=16, batch_size=2, steps=2, lr_milestones=(1,))
+    model, backbone = load_prior(prior)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones))
+    model(torch.rand(1, 3, 16, 16), 0.1).mean().backward()
+    optimizer.step()  # an optimiser state with moments
+    scheduler.step()
+    state = tmp_path / "g.pt.ckpt"
+    save_train_state(state, stage="pretrain-denoiser", cfg=cfg, backbone=backbone, step=1, model=model,
+                     optimizer=optimizer, scheduler=scheduler, totals={"skipped_steps": 0}, init_sha256=None)
+    train_deq(_cfg(images, prior, tmp_path, steps=1, max_iter=2), quiet=True)
+    for path in (state, tmp_path / "deq.pt"):
+        modules = _pickled_modules(path)
+        assert modules and not any(m == "mtdeq" or m.startswith("mtdeq.") for m in modules), (path, modules)
+
+
 # ----------------------------------------------------------------------------- configs
 def test_configs_reject_unknown_keys_and_bad_values(images, prior, tmp_path):
     good = {"out": "m.pt", "init": str(prior), "train_dirs": [str(images)]}
@@ -279,63 +298,6 @@ def test_pretrain_converts_kair_weights_and_trains(images, tmp_path):
     assert rows[0]["step"] == "0" and rows[-1]["step"] == "40"
     assert float(rows[-1]["val_psnr"]) > float(rows[0]["val_psnr"])  # denoising got better
     assert torch.load(tmp_path / "g2.pt", weights_only=True)["train_config"]["sigma_max"] == cfg.sigma_max
-
-
-# ----------------------------------------------------------------------------- bench
-def test_bench_train_writes_csv(images, tmp_path, monkeypatch):
-    parser = argparse.ArgumentParser()
-    add_bench_args(parser)
-    out = tmp_path / "bench" / "train.csv"
-    args = parser.parse_args(["--backbone", "drunet", "--nc", "8", "16", "32", "64", "--nb", "1", "--init", "none",
-                              "--train-dirs", str(images), "--crop", "16", "--batch-size", "1", "--n-tasks", "1",
-                              "--steps", "1", "--max-iter", "5", "--threads", "1", "--out", str(out)])
-    assert run_bench(args) == 0
-    rows = list(csv.DictReader(out.open()))
-    assert [(r["stage"], r["solver"]) for r in rows] == [("train-deq", "plain"), ("train-deq", "anderson"),
-                                                         ("pretrain-denoiser", "")]
-    assert all(float(r["seconds_per_step"]) > 0 for r in rows)
-    assert 1 <= float(rows[0]["fp_iter_mean"]) <= 5
-
-
-def test_bench_train_projection_from_a_config(images, prior, tmp_path):
-    """--config: cost per iteration and per JFB step measured, scaled to the config's runs."""
-    base, paper = tmp_path / "base.yaml", tmp_path / "paper.yaml"
-    base.write_text("model: {backbone: ffdnet, nc: [96], nb: 12, weights: {path: none.pth}}\n"
-                    "deq: {crop: 64, batch_size: 2, solver: plain, max_iter: 350, eta: 0.49}\n"
-                    "priors: {mtdeq: {task_set: mtdeq, n_tasks: 5, steps: 10}}\n"
-                    "denoiser: {steps: 0}\n")
-    paper.write_text("model: {backbone: drunet, nc: [8, 16, 32, 64], nb: 1}\n"
-                     "deq: {crop: 16, batch_size: 4}\n"
-                     "priors: {mtdeq: {task_set: mtdeq, n_tasks: 5, steps: 1000},\n"
-                     "         st_sr: {task_set: st_sr, n_tasks: 1, steps: 1000}}\n")
-    parser = argparse.ArgumentParser()
-    add_bench_args(parser)
-    out = tmp_path / "projection.csv"
-    args = parser.parse_args(["--config", str(paper), "--base-config", str(base), "--train-dirs", str(images),
-                              "--probe-iters", "1", "3", "--assume-iters", "40", "--gpu-speedup", "50",
-                              "--threads", "1", "--out", str(out)])
-    assert run_bench(args) == 0
-    rows = {r["run"]: r for r in csv.DictReader(out.open())}
-    assert list(rows) == ["mtdeq", "st_sr", "gauss_budget", "total"]
-    mt, st = rows["mtdeq"], rows["st_sr"]
-    assert (mt["backbone"], mt["nc"], mt["crop"], mt["batch_size"], mt["steps"]) == ("drunet", "8 16 32 64", "16",
-                                                                                   "4", "1000")
-    assert mt["weights"].startswith("random init (none.pth absent)") and mt["solver"] == "plain"
-    t_iter, t_jfb = float(mt["seconds_per_fp_iter_per_image"]), float(mt["seconds_jfb_per_image"])
-    assert t_iter > 0 and float(mt["gflop_per_forward"]) > 0
-    assert float(mt["projected_seconds_per_step_cpu"]) == pytest.approx(4 * 5 * (40 * t_iter + t_jfb), rel=1e-4)
-    assert float(st["projected_seconds_per_step_cpu"]) == pytest.approx(
-        float(mt["projected_seconds_per_step_cpu"]) / 5, rel=1e-4)
-    assert float(mt["cpu_hours"]) == pytest.approx(1000 * float(mt["projected_seconds_per_step_cpu"]) / 3600,
-                                                   rel=1e-4)
-    assert float(mt["gpu_hours"]) == pytest.approx(float(mt["cpu_hours"]) / 50, rel=1e-4)
-    assert float(mt["tflop_per_step"]) == pytest.approx(4 * 5 * 43 * float(mt["gflop_per_forward"]) / 1e3, rel=1e-4)
-    assert float(mt["gpu_hours_flop_based"]) == pytest.approx(
-        1000 * float(mt["tflop_per_step"]) / float(mt["assumed_gpu_tflops"]) / 3600, rel=1e-4)
-    assert float(rows["total"]["gpu_hours"]) == pytest.approx(
-        sum(float(rows[r]["gpu_hours"]) for r in ("mtdeq", "st_sr", "gauss_budget")), rel=1e-4)
-    with pytest.raises(ValueError, match="--assume-iters"):
-        run_bench(parser.parse_args(["--config", str(paper), "--base-config", str(base), "--assume-iters", "400"]))
 
 
 def test_amp_bf16_is_a_clear_error_on_cpu(images, prior, tmp_path):

@@ -61,7 +61,8 @@ def dry_run(*args: str, target: str = "all") -> tuple[Counter, str]:
 
 
 def shell_commands(out: str, stage: str) -> list[str]:
-    return [line for line in out.splitlines() if f"-m mtdeq {stage} " in line]
+    pattern = re.compile(rf"-m mtdeq (--precision \w+ )?{re.escape(stage)} ")
+    return [line for line in out.splitlines() if pattern.search(line)]
 
 
 def test_lint_is_clean():
@@ -103,6 +104,17 @@ def test_ci_config_reaches_the_stage_commands():
     saved = [c for c in evals if "--save-dir" in c]
     assert len(saved) == 9  # red, gauss, proposed x comp90, blur1.6, sr2_bicubic_n1
     assert all(stage not in out for stage in ("torchrun", "--device cuda"))
+    # the ci scale computes in float64 on whatever device is available
+    computing = train + gauss.splitlines() + control.splitlines() + tunes + evals
+    assert all("-m mtdeq --precision float64 " in c and "--device auto" in c for c in computing)
+
+
+def test_quick_scale_computes_in_float32_and_gpu_groups_use_cuda():
+    _, out = dry_run("--configfile", "config/config.yaml")
+    evals = shell_commands(out, "evaluate")
+    assert evals and all("--precision float32 " in c and "--device auto" in c for c in evals)
+    _, out = dry_run("--configfile", "config/paper.yaml")
+    assert all("--device cuda" in c for c in shell_commands(out, "train-deq"))
 
 
 def test_quick_scale_converts_the_pretrained_ffdnet():
@@ -235,5 +247,5 @@ def test_slurm_profile_plans_the_paper_run():
     for block in train:
         assert re.search(r"resources: .*runtime=2880.*gpu=4", block) or re.search(
             r"resources: .*gpu=4.*runtime=2880", block), block
-        assert "torchrun --standalone --nproc-per-node 4 -m mtdeq train-deq" in block
+        assert "torchrun --standalone --nproc-per-node 4 -m mtdeq --precision float32 train-deq" in block
         assert "--steps 134282" in block and "--crop 128" in block and "--tol 1e-07" in block

@@ -53,7 +53,7 @@ def fb_map(op, y, denoiser, eta: float = 0.49, sigma_denoise=0.0) -> Callable:
     if per_image and (not isinstance(y, Sequence) or len(y) != len(op)):
         raise ValueError(f"fb_map: got {len(op)} operators but y is not a sequence of the same length")
     batch = len(op) if per_image else y.shape[0]
-    sigma_all = torch.as_tensor(sigma_denoise, dtype=torch.float32).detach().cpu()
+    sigma_all = torch.as_tensor(sigma_denoise, dtype=torch.get_default_dtype()).detach().cpu()
     if sigma_all.ndim == 0:
         sigma_all = sigma_all.expand(batch)
     sigma_all = sigma_all.reshape(-1)

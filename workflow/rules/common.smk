@@ -119,7 +119,8 @@ def launcher(group):
 
 
 def device(group):
-    return "cuda" if RES[group]["gpus"] > 0 else "cpu"
+    """--device of a stage: cuda when its resource group asks for GPUs, else config device (auto)."""
+    return "cuda" if RES[group]["gpus"] > 0 else config["device"]
 
 
 def option(flag, value):

@@ -12,6 +12,7 @@ rule pretrain_denoiser:
     output:
         "results/{scale}/models/gauss.pt",
     params:
+        precision=config["precision"],
         backbone=config["model"]["backbone"],
         nc=config["model"]["nc"],
         nb=config["model"]["nb"],
@@ -46,7 +47,7 @@ rule pretrain_denoiser:
     conda:
         "../../environment.yml"
     shell:
-        "{params.launcher} -m mtdeq pretrain-denoiser --out {output} --backbone {params.backbone}"
+        "{params.launcher} -m mtdeq --precision {params.precision} pretrain-denoiser --out {output} --backbone {params.backbone}"
         " --nc {params.nc} --nb {params.nb} {params.init} --train-dirs {params.train_dirs}"
         " --crop {params.crop} --batch-size {params.batch_size} --steps {params.steps}"
         " --lr {params.lr} --lr-milestones {params.lr_milestones} --lr-gamma {params.lr_gamma}"
@@ -64,6 +65,7 @@ rule train_control:
     output:
         "results/{scale}/models/gauss_budget.pt",
     params:
+        precision=config["precision"],
         backbone=config["model"]["backbone"],
         nc=config["model"]["nc"],
         nb=config["model"]["nb"],
@@ -97,7 +99,7 @@ rule train_control:
     conda:
         "../../environment.yml"
     shell:
-        "{params.launcher} -m mtdeq pretrain-denoiser --out {output} --backbone {params.backbone}"
+        "{params.launcher} -m mtdeq --precision {params.precision} pretrain-denoiser --out {output} --backbone {params.backbone}"
         " --nc {params.nc} --nb {params.nb} --init {input.init} --train-dirs {params.train_dirs}"
         " --crop {params.crop} --batch-size {params.batch_size} --steps {params.steps}"
         " --lr {params.lr} --lr-milestones {params.lr_milestones} --lr-gamma {params.lr_gamma}"

@@ -23,6 +23,7 @@ rule tune_admm:
     output:
         "results/{scale}/tune/admm_{task}.csv",
     params:
+        precision=config["precision"],
         images=config["data"]["val_set"],
         max_images=TUNE["max_images"],
         crop=TUNE["crop"],
@@ -45,7 +46,7 @@ rule tune_admm:
     conda:
         "../../environment.yml"
     shell:
-        "python -m mtdeq tune --method admm --task {wildcards.task} --prior {input.prior}"
+        "python -m mtdeq --precision {params.precision} tune --method admm --task {wildcards.task} --prior {input.prior}"
         " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
         " --iterations {params.iterations} --sigma-max {params.sigma_max}"
         " --sigma-min {params.sigma_min} --lam-scale {params.lam_scale} {params.edges}"
@@ -60,6 +61,7 @@ rule tune_red:
     output:
         "results/{scale}/tune/red_{task}.csv",
     params:
+        precision=config["precision"],
         images=config["data"]["val_set"],
         max_images=TUNE["max_images"],
         crop=TUNE["crop"],
@@ -82,7 +84,7 @@ rule tune_red:
     conda:
         "../../environment.yml"
     shell:
-        "python -m mtdeq tune --method red --task {wildcards.task} --prior {input.prior}"
+        "python -m mtdeq --precision {params.precision} tune --method red --task {wildcards.task} --prior {input.prior}"
         " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
         " --iterations {params.iterations} --red-lam {params.lam} --red-sigma {params.sigma}"
         " --red-step {params.step} {params.edges} --seed {params.seed} --device {params.device}"
@@ -151,6 +153,7 @@ rule evaluate:
     wildcard_constraints:
         method=EVAL_METHOD_RE,
     params:
+        precision=config["precision"],
         images=config["data"]["test_set"],
         save_dir=lambda w: save_dir_option(w.scale, w.method, w.task),
         max_images=option("--max-images", EVAL["max_images"]),
@@ -169,7 +172,7 @@ rule evaluate:
     conda:
         "../../environment.yml"
     shell:
-        "python -m mtdeq evaluate --method {wildcards.method} --prior {input.prior}"
+        "python -m mtdeq --precision {params.precision} evaluate --method {wildcards.method} --prior {input.prior}"
         " --task {wildcards.task} --images {params.images} --params {input.params}"
         " --out {output} {params.save_dir} {params.max_images} {params.crop}"
         " --seed {params.seed} --device {params.device} > {log} 2>&1"

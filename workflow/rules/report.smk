@@ -33,6 +33,8 @@ rule tables:
         table2="results/table2.csv",
         table1_md="results/table1.md",
         table2_md="results/table2.md",
+        table1_html=report("results/table1.html", caption="../report/table1.rst", category="Tables"),
+        table2_html=report("results/table2.html", caption="../report/table2.rst", category="Tables"),
         spread="results/spread.csv",
     params:
         methods=ALL_METHODS,
@@ -70,6 +72,8 @@ use rule tables as tables_extra with:
         table2="results/extra/table2.csv",
         table1_md="results/extra/table1.md",
         table2_md="results/extra/table2.md",
+        table1_html="results/extra/table1.html",
+        table2_html="results/extra/table2.html",
         spread="results/extra/spread.csv",
     params:
         methods=lambda w: extra_target_methods(),
@@ -90,7 +94,7 @@ rule figure:
             task=FIG2_TASKS,
         ),
     output:
-        "results/fig2.png",
+        report("results/fig2.png", caption="../report/fig2.rst", category="Figure"),
     params:
         eval_dir=lambda w, input: Path(input.evals[0]).parent.parent,
         restored_dir=f"results/{SCALE}/restored",
@@ -122,7 +126,7 @@ rule summarize:
         rules.tables.output,
         rules.figure.output,
     output:
-        timings="results/{scale}/timings.csv",
+        timings=report("results/{scale}/timings.csv", caption="../report/timings.rst", category="Run"),
         convergence="results/{scale}/convergence.csv",
     params:
         benchmarks=lambda w: f"benchmarks/{w.scale}",

@@ -13,6 +13,7 @@ rule train_deq:
     wildcard_constraints:
         prior="mtdeq|st_comp|st_sr|mtdeq_seed[0-9]+",
     params:
+        precision=config["precision"],
         task_set=lambda w: prior_setting(w.prior, "task_set"),
         n_tasks=lambda w: prior_setting(w.prior, "n_tasks"),
         steps=lambda w: prior_setting(w.prior, "steps"),
@@ -47,7 +48,7 @@ rule train_deq:
     conda:
         "../../environment.yml"
     shell:
-        "{params.launcher} -m mtdeq train-deq --out {output} --init {input.init}"
+        "{params.launcher} -m mtdeq --precision {params.precision} train-deq --out {output} --init {input.init}"
         " --task-set {params.task_set} --n-tasks {params.n_tasks} --train-dirs {params.train_dirs}"
         " --crop {params.crop} --batch-size {params.batch_size} --steps {params.steps}"
         " --lr {params.lr} --lr-step {params.lr_step} --lr-gamma {params.lr_gamma}"

@@ -1,7 +1,7 @@
-"""Benchmarks: ``python -m mtdeq bench {solvers,train} ...`` -> results/bench/*.csv.
+"""``bench solvers``: PnP-ADMM cost and DEQ fixed-point convergence -> results/bench/solvers.csv.
 
-``bench solvers`` measures, on the CPU with torch's default thread count and denormal floats
-flushed to zero (torch.set_flush_denormal, for the whole run),
+Measured on the CPU with torch's default thread count and denormal floats flushed to zero
+(torch.set_flush_denormal, for the whole run):
 
 1. the cost of PnP-ADMM (mtdeq.solvers.pnp_admm) in milliseconds per iteration per megapixel
    for FFDNet (the given weights) and a small, randomly initialised DRUNet, on the blur1.6
@@ -14,18 +14,11 @@ flushed to zero (torch.set_flush_denormal, for the whole run),
 
 The CSV is in long format (one measured number per row, columns CSV_COLUMNS); a sidecar
 ``<out>.provenance.json`` records the arguments and code version.
-
-Adding a benchmark: put ``name: (add_args, run)`` in BENCHES, where ``add_args(parser)`` adds
-the arguments and ``run(args) -> int`` does the work.  Benchmarks living in other modules are
-listed in BENCH_PROVIDERS (name -> module); such a module exposes ``BENCH = (add_args, run)``
-(or the functions ``add_bench_args`` and ``run_bench``) and is imported only if it exists --
-that is how ``bench train`` comes from mtdeq.train.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import time
@@ -33,7 +26,6 @@ from pathlib import Path
 
 CSV_COLUMNS = ["bench", "denoiser", "task", "solver", "metric", "value", "unit", "images", "crop", "threads"]
 DEFAULT_DEQ_TASKS = ("blur1.6", "sr2_bicubic_n1", "comp80")
-BENCH_PROVIDERS = {"train": "mtdeq.train"}
 
 
 def _default_data(relative: str) -> str:
@@ -170,7 +162,7 @@ def run_solvers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_solver_args(p: argparse.ArgumentParser) -> None:
+def add_solver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/bench/solvers.csv", help="output CSV (default %(default)s)")
     p.add_argument("--images", default=_default_data("Set5"),
                    help="test images (default data/Set5, or $MTDEQ_DATA_MIRROR/Set5 when data/ is absent)")
@@ -186,38 +178,3 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admm-iterations", type=int, default=10, help="ADMM iterations timed (default 10)")
     p.add_argument("--tol", type=float, default=1e-7, help="fixed-point tolerance on the MSE (default 1e-7)")
     p.add_argument("--max-iter", type=int, default=350, help="fixed-point iteration cap (default 350)")
-
-
-BENCHES = {"solvers": (_add_solver_args, run_solvers)}
-
-
-def _all_benches() -> dict:
-    """BENCHES plus the benchmark of each module in BENCH_PROVIDERS that exists and defines one."""
-    benches = dict(BENCHES)
-    for name, module_name in BENCH_PROVIDERS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue
-            raise
-        if hasattr(module, "BENCH"):
-            benches[name] = module.BENCH
-        elif hasattr(module, "add_bench_args") and hasattr(module, "run_bench"):
-            benches[name] = (module.add_bench_args, module.run_bench)
-    return benches
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="timing and convergence benchmarks (results/bench/*.csv)",
-        description="Timing / convergence benchmarks; each writes a CSV under results/bench/.",
-    )
-    sub = parser.add_subparsers(dest="bench", metavar="<bench>")
-    for name, (add_args, run) in _all_benches().items():
-        summary = " ".join((run.__doc__ or f"bench {name}").strip().split("\n\n")[0].split())
-        p = sub.add_parser(name, help=summary)
-        add_args(p)
-        p.set_defaults(func=run)
-

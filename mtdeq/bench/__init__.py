@@ -1,0 +1,31 @@
+"""Benchmarks: ``python -m mtdeq bench {solvers,train} ...`` -> results/bench/*.csv.
+
+    solvers     PnP-ADMM ms/iteration/MP and DEQ fixed-point iterations (mtdeq.bench.solvers)
+    train       seconds per training step of both stages (mtdeq.bench.train); with --config the
+                projected CPU- and GPU-hours of a config's training runs (mtdeq.bench.projection)
+
+Adding a benchmark: put ``name: (add_args, run)`` in BENCHES, where ``add_args(parser)`` adds
+the arguments and ``run(args) -> int`` does the work; the first paragraph of ``run``'s
+docstring is its line in ``bench --help``.
+"""
+
+from __future__ import annotations
+
+from mtdeq.bench.solvers import add_solver_args, run_solvers
+from mtdeq.bench.train import add_bench_args, run_bench
+
+BENCHES = {"solvers": (add_solver_args, run_solvers), "train": (add_bench_args, run_bench)}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="timing and convergence benchmarks (results/bench/*.csv)",
+        description="Timing / convergence benchmarks; each writes a CSV under results/bench/.",
+    )
+    sub = parser.add_subparsers(dest="bench", metavar="<bench>")
+    for name, (add_args, run) in BENCHES.items():
+        summary = " ".join((run.__doc__ or f"bench {name}").strip().split("\n\n")[0].split())
+        p = sub.add_parser(name, help=summary)
+        add_args(p)
+        p.set_defaults(func=run)

@@ -1,0 +1,161 @@
+"""``bench train``: seconds per training step of both stages -> results/bench/train.csv.
+
+For one model size and crop: seconds per Algorithm 1 step (``mtdeq.train.deq.deq_step``) with the
+plain and the Anderson fixed-point solver, with the mean and largest fixed-point iteration counts
+and the share of converged / diverged solves, and seconds per ``pretrain-denoiser`` step; each
+after one untimed warm-up step.  Without --config the defaults are the quick scale's FFDNet prior
+(BENCH_DEFAULTS); with --config the run is the paper-scale projection of mtdeq.bench.projection
+(the arguments are shared, see ``add_bench_args``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtdeq.bench.projection import run_projection
+from mtdeq.train.config import DenoiserTrainConfig, DEQTrainConfig
+from mtdeq.train.denoiser import denoiser_loss
+from mtdeq.train.deq import deq_step
+from mtdeq.runtime import resolve_device
+from mtdeq.train.loop import open_dataset, step_generator
+from mtdeq.train.state import fmt_cell
+
+BENCH_COLUMNS = ["stage", "solver", "backbone", "nc", "nb", "init", "crop", "batch_size", "n_tasks", "max_iter",
+                 "threads", "device", "steps", "seconds_per_step", "fp_iter_mean", "fp_iter_max",
+                 "pct_converged", "pct_diverged", "git_commit"]
+
+
+# Defaults of ``bench train`` without --config: the quick scale's FFDNet prior.
+BENCH_DEFAULTS = dict(backbone="ffdnet", nc=[96], nb=12, init="data/weights/ffdnet_color.pth",
+                      train_dirs=["data/BSDS500/train"], crop=64, batch_size=2, n_tasks=5, eta=0.49, tol=1e-7,
+                      max_iter=350, solvers=["plain", "anderson"], out="results/bench/train.csv")
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``bench train``: a timing run, or with --config the projection of a full run."""
+    p.add_argument("--config", default=None,
+                   help="projection mode: time one Algorithm 1 step at the size of this YAML (merged over "
+                        "--base-config: model, deq.crop/batch_size/solver/max_iter/eta, priors.*.n_tasks/steps) "
+                        "and write the projected CPU- and GPU-hours of its training runs "
+                        "(default --out results/bench/paper_projection.csv); flags given explicitly override "
+                        "the YAML")
+    p.add_argument("--base-config", default="config/config.yaml", help="config the --config file overrides")
+    p.add_argument("--assume-iters", type=float, default=50.0,
+                   help="projection: ASSUMED mean fixed-point iterations per solve of the full run (not "
+                        "measured: the paper only reports < 350 in > 99%% of solves; results/bench/solvers.csv "
+                        "has medians 21-52 and means 26-350 for the FFDNet prior at 64x64)")
+    p.add_argument("--gpu-speedup", type=float, default=100.0,
+                   help="projection: ASSUMED speed ratio of one GPU to this CPU process (not measured); "
+                        "GPU-hours = CPU-hours / this")
+    p.add_argument("--gpu-tflops", type=float, default=50.0,
+                   help="projection: ASSUMED sustained TFLOP/s of one GPU on this network (not measured); "
+                        "second estimate: GPU-hours = counted FLOP / this")
+    p.add_argument("--probe-iters", type=int, nargs=2, default=[1, 4], metavar=("K1", "K2"),
+                   help="projection: time a step with exactly K1 and K2 fixed-point iterations (tol 0); the "
+                        "difference gives the cost of one iteration, the rest the JFB step")
+    p.add_argument("--measure-batch", type=int, default=1,
+                   help="projection: images per timed step (the cost is scaled linearly to the config's batch)")
+    p.add_argument("--backbone", choices=("drunet", "ffdnet"), default=None)
+    p.add_argument("--nc", type=int, nargs="+", default=None)
+    p.add_argument("--nb", type=int, default=None)
+    p.add_argument("--init", default=None,
+                   help="weights (checkpoint or KAIR .pth; realistic iteration counts need trained weights); "
+                        "'none' for random weights (projection: random when the config's weights are absent)")
+    p.add_argument("--train-dirs", nargs="+", default=None)
+    p.add_argument("--crop", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--n-tasks", type=int, default=None)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per measurement (after one warm-up step)")
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--tol", type=float, default=None)
+    p.add_argument("--max-iter", type=int, default=None)
+    p.add_argument("--solvers", nargs="+", choices=("plain", "anderson"), default=None)
+    p.add_argument("--task-set", default="mtdeq")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--out", default=None, help="CSV to write (default results/bench/train.csv, or "
+                                                 "results/bench/paper_projection.csv with --config)")
+
+
+def run_bench(args) -> int:
+    """Seconds per MTDEQ step (plain and Anderson, with mean fixed-point iterations) and per
+    denoiser step, for one model size and crop; writes args.out (CSV).  With --config: the
+    projected CPU- and GPU-hours of that config's training runs."""
+    from mtdeq.io import atomic_write_text, provenance
+    from mtdeq.models import BackboneConfig, build_backbone, load_prior
+    from mtdeq.tasks import TASK_SETS
+
+    if args.config:
+        return run_projection(args)
+    for key, value in BENCH_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    backbone = BackboneConfig(name=args.backbone, nc=tuple(args.nc), nb=args.nb)
+    init = None if str(args.init).lower() == "none" else args.init
+    if init is not None and not Path(init).exists():
+        raise FileNotFoundError(f"--init {init}: weights file not found (pass --init none for random weights)")
+    base = load_prior(init, backbone=backbone)[0] if init else build_backbone(backbone)
+    data = open_dataset(args.train_dirs, args.crop)
+    common = dict(stage="", solver="", backbone=args.backbone, nc=" ".join(map(str, args.nc)), nb=args.nb,
+                  init=init or "random", crop=args.crop, batch_size=args.batch_size, n_tasks=args.n_tasks,
+                  max_iter=args.max_iter, threads=torch.get_num_threads(), device=str(device), steps=args.steps,
+                  git_commit=provenance()["git_commit"])
+    rows = []
+    for solver in args.solvers:
+        cfg = DEQTrainConfig(out="bench", init="bench", train_dirs=tuple(args.train_dirs), task_set=args.task_set,
+                             n_tasks=args.n_tasks, crop=args.crop, batch_size=args.batch_size, lr=args.lr,
+                             eta=args.eta, tol=args.tol, max_iter=args.max_iter, solver=solver, seed=args.seed)
+        model = copy.deepcopy(base).to(device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        seconds, its, status = [], [], []
+        for step in range(0, args.steps + 1):  # step 0: warm-up, not timed
+            g = step_generator(args.seed, step)
+            x = data.sample_batch(g, args.batch_size).to(device)
+            tasks = [TASK_SETS[args.task_set].sample(g) for _ in range(args.n_tasks)]
+            t0 = time.perf_counter()
+            stats = deq_step(model, optimizer, x, tasks, g, cfg)
+            if step > 0:
+                seconds.append(time.perf_counter() - t0)
+                its += stats.iterations
+                status += stats.status
+        n = max(len(status), 1)
+        rows.append({**common, "stage": "train-deq", "solver": solver, "seconds_per_step": float(np.mean(seconds)),
+                     "fp_iter_mean": float(np.mean(its)), "fp_iter_max": max(its),
+                     "pct_converged": 100 * status.count("converged") / n,
+                     "pct_diverged": 100 * status.count("diverged") / n})
+        print(f"train-deq {solver}: {rows[-1]['seconds_per_step']:.2f} s/step, fixed-point iterations mean "
+              f"{rows[-1]['fp_iter_mean']:.1f} max {rows[-1]['fp_iter_max']}, converged "
+              f"{rows[-1]['pct_converged']:.0f}%", flush=True)
+    dcfg = DenoiserTrainConfig(out="bench", train_dirs=tuple(args.train_dirs), backbone=args.backbone,
+                               nc=tuple(args.nc), nb=args.nb, crop=args.crop, batch_size=args.batch_size,
+                               steps=1, lr=args.lr)
+    model = copy.deepcopy(base).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    seconds = []
+    for step in range(0, args.steps + 1):
+        g = step_generator(args.seed, step)
+        x = data.sample_batch(g, args.batch_size).to(device)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        denoiser_loss(model, x, g, dcfg).backward()
+        optimizer.step()
+        if step > 0:
+            seconds.append(time.perf_counter() - t0)
+    rows.append({**common, "stage": "pretrain-denoiser", "solver": "", "seconds_per_step": float(np.mean(seconds))})
+    print(f"pretrain-denoiser: {rows[-1]['seconds_per_step']:.3f} s/step", flush=True)
+
+    lines = [",".join(BENCH_COLUMNS)] + [",".join(str(fmt_cell(r.get(c))) for c in BENCH_COLUMNS) for r in rows]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,122 @@
+"""Settings of the two training stages: one frozen dataclass each, validated on construction.
+
+``DenoiserTrainConfig`` (``pretrain-denoiser``) and ``DEQTrainConfig`` (``train-deq``) hold every
+setting that changes what a run computes; runtime flags (threads, device, amp, resume, quiet) are
+not part of them.  A config is stored, as ``asdict(config)``, in every checkpoint and resume state
+a stage writes (mtdeq.train.state), and a resume state is used only when it was written with an
+equal config.  Bad values raise ValueError naming the CLI flag (``--key: got ..., expected ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class DenoiserTrainConfig:
+    """Settings of ``pretrain-denoiser`` (stored inside every checkpoint it writes)."""
+
+    out: str
+    train_dirs: tuple[str, ...] = ()
+    backbone: str = "drunet"
+    nc: tuple[int, ...] = (64, 128, 256, 512)
+    nb: int = 4
+    init: str | None = None
+    crop: int = 128
+    batch_size: int = 16
+    steps: int = 0
+    lr: float = 1e-4
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.5
+    sigma_min: float = 0.0
+    sigma_max: float = 50 / 255
+    loss: str = "l1"
+    seed: int = 0
+    log_csv: str | None = None
+    checkpoint_every: int = 0
+    val_dir: str | None = None
+    val_every: int = 100
+    val_images: int = 4
+
+    def __post_init__(self):
+        check_value(self.loss in ("l1", "l2"), "--loss", self.loss, "'l1' or 'l2'")
+        check_value(self.backbone in ("drunet", "ffdnet"), "--backbone", self.backbone, "'drunet' or 'ffdnet'")
+        check_value(0 <= self.sigma_min <= self.sigma_max, "--sigma-min/--sigma-max",
+                    (self.sigma_min, self.sigma_max), "0 <= sigma_min <= sigma_max")
+        _check_common(self)
+        if self.steps > 0 and not self.train_dirs:
+            raise ValueError(f"--train-dirs: training for {self.steps} steps needs at least one image folder")
+        if self.steps == 0 and self.init is None:
+            raise ValueError("--steps 0 only converts weights and needs --init (a checkpoint or KAIR .pth)")
+
+
+@dataclass(frozen=True)
+class DEQTrainConfig:
+    """Settings of ``train-deq`` (Algorithm 1; stored inside every checkpoint it writes)."""
+
+    out: str
+    init: str
+    train_dirs: tuple[str, ...]
+    task_set: str = "mtdeq"
+    n_tasks: int = 5
+    crop: int = 128
+    batch_size: int = 16
+    steps: int = 1000
+    lr: float = 1e-5
+    lr_step: int = 0
+    lr_gamma: float = 0.25
+    eta: float = 0.49
+    tol: float = 1e-7
+    max_iter: int = 350
+    diverge_at: float = 1e10
+    solver: str = "plain"
+    seed: int = 0
+    log_csv: str | None = None
+    checkpoint_every: int = 0
+    val_dir: str | None = None
+    val_task: str | None = None  # None: mtdeq.train.deq.VAL_TASK_FOR_SET[task_set]
+    val_every: int = 100
+    val_images: int = 4
+
+    def __post_init__(self):
+        from mtdeq.tasks import TASK_SETS, TEST_TASKS
+
+        check_value(self.task_set in TASK_SETS, "--task-set", self.task_set, f"one of {sorted(TASK_SETS)}")
+        check_value(self.solver in ("plain", "anderson"), "--solver", self.solver, "'plain' or 'anderson'")
+        check_value(self.n_tasks >= 1, "--n-tasks", self.n_tasks, "an integer >= 1")
+        check_value(self.max_iter >= 1, "--max-iter", self.max_iter, "an integer >= 1")
+        check_value(self.lr_step >= 0, "--lr-step", self.lr_step, ">= 0 (0: constant learning rate)")
+        check_value(self.val_task is None or self.val_task in TEST_TASKS, "--val-task", self.val_task,
+                    f"one of {list(TEST_TASKS)}")
+        check_value(len(self.train_dirs) > 0, "--train-dirs", self.train_dirs, "at least one image folder")
+        _check_common(self)
+
+
+def check_value(ok: bool, key: str, value, expected: str) -> None:
+    """Raise ``ValueError("<key>: got <value>, expected <expected>")`` unless ok."""
+    if not ok:
+        raise ValueError(f"{key}: got {value!r}, expected {expected}")
+
+
+def _check_common(cfg) -> None:
+    for key in ("crop", "batch_size", "val_images"):
+        check_value(getattr(cfg, key) >= 1, f"--{key.replace('_', '-')}", getattr(cfg, key), "an integer >= 1")
+    for key in ("steps", "checkpoint_every", "val_every"):
+        check_value(getattr(cfg, key) >= 0, f"--{key.replace('_', '-')}", getattr(cfg, key), "an integer >= 0")
+    check_value(cfg.lr > 0, "--lr", cfg.lr, "a positive learning rate")
+
+
+def config_from_dict(cls, values: dict):
+    """Build a config dataclass from a dict; unknown keys are rejected (naming them)."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+    tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
+    return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """The config of a stage from its parsed CLI arguments (runtime flags are not part of it)."""
+    return config_from_dict(cls, {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})

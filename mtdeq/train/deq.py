@@ -1,0 +1,296 @@
+"""``train-deq``: fine-tune a prior with the deep-equilibrium objective of Algorithm 1 (MTDEQ).
+
+Algorithm 1 of the paper, and where each line lives here (B crops per mini-batch, N tasks):
+
+    for a number of epochs do                       train_deq:  for step k = 1..steps
+      for x in D do                                 train_deq:  x = B random crops (B, 3, C, C)
+        for i = 1, ..., N do                        deq_step:   for each of the N tasks
+          (A_i, sigma_i) picked from A x Sigma      train_deq:  task_set.sample(g), one per i
+          y_i <- A_i(x) + eps_i                     solve_task: mtdeq.tasks.degrade (fresh noise
+                                                                for every image)
+          z_i <- P(y_i)                             solve_task: op.init(y_i)
+          while 1/d ||z_i - f_i(z_i)||^2 >= tol     solve_task: mtdeq.solvers.fixed_point, no
+            z_i <- f_i(z_i)                                     autograd (plain or Anderson)
+          L_i <- 1/d ||f_i(z_i) - x||^2             solve_task: per image, gradient only through
+                                                                this one application of f_i
+        L <- 1/N sum_i L_i                          deq_step:   mean over the (image, i) pairs
+                                                                whose solve did not diverge
+        theta <- Optim(theta, L)                    deq_step:   Jacobian-free gradient (Eq. 4),
+                                                                Adam; train_deq: StepLR
+
+    with the forward-backward (FB) map of Eq. (3)
+
+        f_i(z) = Q_theta(z - eta A_i^T (A_i z - y_i), eta sigma_i).
+
+The N tasks are shared by the B images of a mini-batch (each image still sees N different
+degradations per step, as in Algorithm 1); sharing them lets one batched fixed-point solve
+serve all B images.  ``st_comp`` and ``st_sr`` are the same trainer with other task sets.
+Resume, data parallelism and mixed precision: mtdeq.train.state, .distributed, .amp (devices:
+mtdeq.runtime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mtdeq.train.amp import autocast
+from mtdeq.train.config import DEQTrainConfig
+from mtdeq.train.distributed import SINGLE, Dist, all_reduce, check_same_step, wrap_ddp
+from mtdeq.train.loop import (
+    VAL_SEED,
+    grads_finite,
+    load_val_crops,
+    mean_psnr,
+    open_dataset,
+    scheduler_step,
+    stage_logger,
+    step_generator,
+)
+from mtdeq.train.state import CsvLog, end_of_step, finish, init_fingerprint, load_train_state, state_path
+
+VAL_TASK_FOR_SET = {"mtdeq": "blur1.6", "st_comp": "comp90", "st_sr": "sr2_bicubic_n1"}
+DEQ_LOG_COLUMNS = ["step", "loss", "val_psnr", "fp_iter_mean", "fp_iter_max", "pct_converged", "pct_diverged",
+                   "n_valid", "skipped", "lr", "tasks", "seconds"]
+
+
+@dataclass
+class TaskOutcome:
+    """One (task, mini-batch) solve: per-image loss L_i (B,) with its JFB graph, validity, solver info."""
+
+    task: object
+    per_image_loss: torch.Tensor
+    valid: torch.Tensor
+    iterations: list[int]
+    status: list[str]
+
+
+@dataclass
+class DEQStepStats:
+    """What one training step did (passed to ``on_step`` hooks and written to the log)."""
+
+    step: int
+    loss: float | None  # mean over valid (image, task) pairs; None when the step was skipped
+    tasks: list = field(default_factory=list)
+    iterations: list[int] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    n_valid: int = 0
+    skipped: bool = False
+    lr: float = 0.0
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- the outer loops
+def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume: bool = True, quiet: bool = False,
+              stop_after: int | None = None, on_step: Callable[[DEQStepStats], None] | None = None,
+              dist: Dist = SINGLE, amp: str = "none") -> dict:
+    """Algorithm 1: fine-tune the prior cfg.init on cfg.task_set; writes cfg.out, returns run totals.
+
+    totals: solves, converged, max_iter, diverged (fixed-point solves, one per image and task),
+    skipped_steps.  dist: this process's rank in a data-parallel run (mtdeq.train.distributed);
+    amp: 'none' or 'bf16' (CUDA).
+    """
+    from tqdm import tqdm
+
+    from mtdeq.models import load_prior
+    from mtdeq.tasks import TASK_SETS
+
+    device = torch.device(device)
+    dist.rows(cfg.batch_size)  # fail early when the batch does not split over the ranks
+    autocast(device, amp)  # fail early on --amp bf16 without CUDA
+    log = stage_logger(quiet, dist.is_main)
+    model, backbone = load_prior(cfg.init)
+    model = model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.lr_step > 0:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[], gamma=cfg.lr_gamma)
+    ckpt = state_path(cfg.out)
+    init_sha = init_fingerprint(cfg)  # once per run: the weights this run starts from
+    start, totals = (0, {})
+    if resume:
+        start, totals = load_train_state(ckpt, stage="train-deq", cfg=cfg, init_sha256=init_sha, model=model,
+                                         optimizer=optimizer, scheduler=scheduler, log=log)
+        check_same_step(start, dist, device, ckpt)
+    net = wrap_ddp(model, dist, device)  # the training forwards/backwards go through net
+    totals = {"solves": 0, "converged": 0, "max_iter": 0, "diverged": 0, "skipped_steps": 0, **totals}
+    log_csv = CsvLog(cfg.log_csv if dist.is_main else None, DEQ_LOG_COLUMNS, start)
+    data = open_dataset(cfg.train_dirs, cfg.crop)
+    task_set = TASK_SETS[cfg.task_set]
+    validate = _deq_validation(model, cfg, device) if dist.is_main else (lambda: None)
+    if start == 0 and cfg.val_dir is not None and dist.is_main:
+        log_csv.write(step=0, val_psnr=validate(), lr=cfg.lr)
+
+    bar = tqdm(total=cfg.steps, initial=start, disable=quiet or not dist.is_main, desc=f"train-deq {cfg.task_set}",
+               dynamic_ncols=True)
+    for step in range(start + 1, cfg.steps + 1):  # "for a number of epochs / for x in D"
+        t0 = time.perf_counter()
+        g = step_generator(cfg.seed, step)  # crops, flips, tasks, masks and noise of this step
+        x = data.sample_batch(g, cfg.batch_size).to(device)  # the whole batch, on every rank
+        tasks = [task_set.sample(g) for _ in range(cfg.n_tasks)]  # (A_i, sigma_i), i = 1..N
+        lr = optimizer.param_groups[0]["lr"]
+        stats = deq_step(net, optimizer, x, tasks, g, cfg, dist=dist, amp=amp)
+        scheduler_step(scheduler)
+        stats.step, stats.lr, stats.seconds = step, lr, time.perf_counter() - t0
+
+        totals["solves"] += len(stats.status)
+        for s in ("converged", "max_iter", "diverged"):
+            totals[s] += stats.status.count(s)
+        totals["skipped_steps"] += int(stats.skipped)
+        if stats.skipped:
+            log(f"step {step}: no valid sample or a non-finite gradient; update skipped")
+        val = validate() if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps else None
+        n = max(len(stats.status), 1)
+        log_csv.write(step=step, loss=stats.loss, val_psnr=val, fp_iter_mean=float(np.mean(stats.iterations)),
+                      fp_iter_max=max(stats.iterations), pct_converged=100 * stats.status.count("converged") / n,
+                      pct_diverged=100 * stats.status.count("diverged") / n, n_valid=stats.n_valid,
+                      skipped=int(stats.skipped), lr=lr, tasks=";".join(t.name for t in tasks),
+                      seconds=stats.seconds)
+        if on_step is not None:
+            on_step(stats)
+        bar.update(1)
+        bar.set_postfix(loss="skipped" if stats.loss is None else f"{stats.loss:.4g}",
+                        it=f"{np.mean(stats.iterations):.0f}")
+        end_of_step(step, "train-deq", cfg, backbone, model, optimizer, scheduler, totals, dist, ckpt,
+                    stop_after, init_sha)
+    bar.close()
+    finish("train-deq", cfg, backbone, model, totals, dist)
+    return totals
+
+
+# --------------------------------------------------------------------------- one mini-batch: L and Optim
+def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Generator,
+             cfg: DEQTrainConfig, *, dist: Dist = SINGLE, amp: str = "none") -> DEQStepStats:
+    """One optimiser step of Algorithm 1 on crops x (B, 3, H, W) with the N given tasks.
+
+    Each task's summed valid losses are back-propagated as soon as they are computed (only one
+    JFB graph is alive at a time); the accumulated gradient is then divided by the number of
+    valid (image, task) pairs, which gives the gradient of L = mean of the valid L_i.  No valid
+    pair, or a non-finite gradient, skips the update.
+
+    Data-parallel (dist.enabled; model is the DDP wrapper): x is the whole batch, this rank
+    solves dist.rows(B).  Tasks 1..N-1 back-propagate under no_sync; the last task always
+    back-propagates (0 * sum of the weights where it has no valid pair) so that every rank joins DDP's
+    all-reduce, which leaves (sum over ranks)/P in .grad; the global n then gives the scale
+    P / n.  The statistics returned are those of the whole batch, in one-process order.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    stats = DEQStepStats(step=0, loss=None, tasks=list(tasks))
+    rows = dist.rows(x.shape[0]) if dist.enabled else None
+    device = next(model.parameters()).device
+    loss_sum = 0.0
+    per_task = []  # (iterations, status) of this rank's images, per task
+    for t, task in enumerate(tasks):  # "for i = 1, ..., N"
+        last = t == len(tasks) - 1
+        sync = model.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(device, amp):
+                o = solve_task(model, x, task, generator, cfg, rows=rows)
+            per_task.append((o.iterations, o.status))
+            total = None
+            if o.valid.any():
+                total = o.per_image_loss[o.valid].sum()
+            elif dist.enabled and last:  # join DDP's all-reduce with exact zeros (no 0 * inf from invalid rows)
+                total = sum(p.sum() for p in model.parameters()) * 0.0
+            if total is not None:
+                total.backward()  # JFB (Eq. 4): d L_i / d theta through the one application of f_i
+                loss_sum += float(total.detach())
+                stats.n_valid += int(o.valid.sum())
+    if dist.enabled:
+        n_valid, loss_sum = all_reduce([stats.n_valid, loss_sum], dist, device)
+        stats.n_valid = int(round(n_valid))
+        gathered = [None] * dist.world_size
+        torch.distributed.all_gather_object(gathered, per_task)
+        per_task = [(sum((r[t][0] for r in gathered), []), sum((r[t][1] for r in gathered), []))
+                    for t in range(len(tasks))]
+    for iterations, status in per_task:
+        stats.iterations += iterations
+        stats.status += status
+    if stats.n_valid == 0:
+        stats.skipped = True
+        optimizer.zero_grad(set_to_none=True)
+        return stats
+    # "L <- 1/N sum_i L_i": the summed gradients divided by the number of valid (image, task) pairs
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(stats.n_valid if not dist.enabled else stats.n_valid / dist.world_size)
+    stats.loss = loss_sum / stats.n_valid
+    if not grads_finite(model):
+        stats.skipped = True
+        optimizer.zero_grad(set_to_none=True)
+        return stats
+    optimizer.step()  # "theta <- Optim(theta, L)"
+    return stats
+
+
+# --------------------------------------------------------------------------- one task: y_i, z_i, L_i
+def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DEQTrainConfig,
+               rows: slice | None = None) -> TaskOutcome:
+    """The body of Algorithm 1's loop over i for one task on a batch x (B, 3, H, W).
+
+    y = A x + sigma_noise eps through ``mtdeq.tasks.degrade`` (the test-time noise model: SR crops
+    x to the scale multiple, inpainting masks the noise) with a seed drawn from ``generator``;
+    z* = fixed point of Eq. (3) from op.init(y) with sigma_denoise = eta sigma_noise (no autograd);
+    out = f(z*) with autograd (JFB); per-image loss mean((out - x)^2).  An image is valid when its
+    solve did not diverge and its loss is finite.  The whole batch is degraded (the noise of an
+    image does not depend on how the batch is split); only ``rows`` (None: all) are solved.
+    """
+    from mtdeq.solvers import fb_map, fixed_point, jfb_output
+    from mtdeq.tasks import degrade
+
+    # y_i <- A_i(x) + eps_i
+    noise_seed = int(torch.randint(2**62, (1,), generator=generator))
+    deg = degrade(task, x, seed=noise_seed)
+    op, y, x = deg.op, deg.y, deg.x_gt
+    if rows is not None:  # the operators are batch-independent: only y and x are split
+        y, x = y[rows], x[rows]
+    # f_i(z) = Q_theta(z - eta A_i^T(A_i z - y_i), eta sigma_i)                          (Eq. 3)
+    f = fb_map(op, y, model, eta=cfg.eta, sigma_denoise=cfg.eta * task.sigma_noise)
+    # z_i <- P(y_i); while 1/d ||z_i - f_i(z_i)||^2 >= tol: z_i <- f_i(z_i)   (no autograd)
+    z_star, info = fixed_point(f, op.init(y), tol=cfg.tol, max_iter=cfg.max_iter, diverge_at=cfg.diverge_at,
+                               method=cfg.solver)
+    # L_i <- 1/d ||f_i(z_i) - x||^2, with autograd through this one application of f_i   (JFB, Eq. 4)
+    out = jfb_output(f, z_star.detach())
+    per_image = (out - x).pow(2).flatten(1).mean(dim=1)
+    not_diverged = torch.tensor([s != "diverged" for s in info.status], device=per_image.device)
+    valid = not_diverged & torch.isfinite(per_image).detach()
+    return TaskOutcome(task, per_image, valid, info.iterations.tolist(), list(info.status))
+
+
+# --------------------------------------------------------------------------- validation and summary
+def _deq_validation(model, cfg: DEQTrainConfig, device):
+    """A closure returning the mean PSNR of f(z*) on fixed val crops for a fixed task, or None."""
+    val_x = load_val_crops(cfg.val_dir, cfg.crop, cfg.val_images)
+    if val_x is None:
+        return lambda: None
+    from mtdeq.solvers import fb_map, fixed_point
+    from mtdeq.tasks import TEST_TASKS, degrade
+
+    task = TEST_TASKS[cfg.val_task or VAL_TASK_FOR_SET[cfg.task_set]]
+    deg = degrade(task, val_x, seed=VAL_SEED)
+    y, x_gt = deg.y.to(device), deg.x_gt.to(device)
+
+    def validate() -> float:
+        f = fb_map(deg.op, y, model, eta=cfg.eta, sigma_denoise=cfg.eta * task.sigma_noise)
+        z_star, _ = fixed_point(f, deg.op.init(y), tol=cfg.tol, max_iter=cfg.max_iter,
+                                diverge_at=cfg.diverge_at, method=cfg.solver)
+        with torch.no_grad():
+            return mean_psnr(f(z_star), x_gt)
+
+    return validate
+
+
+def convergence_summary(totals: dict) -> str:
+    """One line with the share of fixed-point solves that converged (paper: > 99 %)."""
+    n = totals.get("solves", 0)
+    if n == 0:
+        return "fixed-point solves: none run"
+    return (f"fixed-point solves converged: {100 * totals['converged'] / n:.2f}% of {n} "
+            f"(max_iter {totals['max_iter']}, diverged {totals['diverged']}; "
+            f"skipped steps {totals['skipped_steps']})")

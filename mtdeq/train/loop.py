@@ -1,0 +1,75 @@
+"""Pieces shared by the two training loops: the per-step random generator, data, validation, guards.
+
+Determinism.  Everything random in step k (crops, flips, tasks, masks, noise) is drawn from
+``step_generator(seed, k)``, a CPU generator seeded from (seed, k) alone, so the draws of a step
+do not depend on the device, the number of data-parallel ranks or on what ran before -- and a
+resumed run only has to restore model, optimiser and scheduler (mtdeq.train.state).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+VAL_SEED = 0  # validation degradations are fixed, whatever the training seed
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """CPU generator for every random draw of training step ``step`` (1-based), from (seed, step) only."""
+    hi, lo = np.random.SeedSequence([int(seed), int(step)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(hi) << 31) ^ int(lo))
+
+
+def randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """N(0, I) noise drawn on the CPU generator (device-independent draws), moved to like's device."""
+    return torch.randn(tuple(shape), generator=generator, dtype=like.dtype).to(like.device)
+
+
+def open_dataset(train_dirs, crop: int):
+    """Random square crops of the training images (mtdeq.data.PatchDataset)."""
+    from mtdeq.data import PatchDataset
+
+    return PatchDataset(list(train_dirs), crop=crop)
+
+
+def stage_logger(quiet: bool, is_main: bool):
+    """``log(msg)``: a line on stderr from rank 0 unless quiet, else nothing."""
+    if quiet or not is_main:
+        return lambda msg: None
+    return lambda msg: print(msg, file=sys.stderr)
+
+
+def load_val_crops(val_dir: str | None, crop: int, n: int) -> torch.Tensor | None:
+    """Centre crops (n, 3, s, s) of the first n images of val_dir, s = min(crop, smallest side)."""
+    if val_dir is None:
+        return None
+    from mtdeq.io import list_images, read_image
+
+    images = [read_image(p) for p in list_images(val_dir)[:n]]
+    s = min([crop] + [min(im.shape[-2:]) for im in images])
+    crops = []
+    for im in images:
+        top, left = (im.shape[-2] - s) // 2, (im.shape[-1] - s) // 2
+        crops.append(im[:, top : top + s, left : left + s])
+    return torch.stack(crops)
+
+
+def mean_psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
+    from mtdeq.metrics import psnr
+
+    return float(np.mean([psnr(out[i], ref[i]) for i in range(ref.shape[0])]))
+
+
+def scheduler_step(scheduler) -> None:
+    # The schedule follows the step count, also over skipped steps, where torch would warn
+    # that scheduler.step() ran without optimizer.step().
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
+        scheduler.step()
+
+
+def grads_finite(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,78 @@
+"""Tests of ``bench train`` (mtdeq.bench.train) and its paper-scale projection (mtdeq.bench.projection).
+
+Everything runs on CPU with a tiny DRUNet (nc 8 16 32 64, nb 1) on synthetic images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+import pytest
+
+from mtdeq.bench.train import add_bench_args, run_bench
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_bench_train_writes_csv(images, tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    out = tmp_path / "bench" / "train.csv"
+    args = parser.parse_args(["--backbone", "drunet", "--nc", "8", "16", "32", "64", "--nb", "1", "--init", "none",
+                              "--train-dirs", str(images), "--crop", "16", "--batch-size", "1", "--n-tasks", "1",
+                              "--steps", "1", "--max-iter", "5", "--threads", "1", "--out", str(out)])
+    assert run_bench(args) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["stage"], r["solver"]) for r in rows] == [("train-deq", "plain"), ("train-deq", "anderson"),
+                                                         ("pretrain-denoiser", "")]
+    assert all(float(r["seconds_per_step"]) > 0 for r in rows)
+    assert 1 <= float(rows[0]["fp_iter_mean"]) <= 5
+
+
+def test_bench_train_projection_from_a_config(images, prior, tmp_path):
+    """--config: cost per iteration and per JFB step measured, scaled to the config's runs."""
+    base, paper = tmp_path / "base.yaml", tmp_path / "paper.yaml"
+    base.write_text("model: {backbone: ffdnet, nc: [96], nb: 12, weights: {path: none.pth}}\n"
+                    "deq: {crop: 64, batch_size: 2, solver: plain, max_iter: 350, eta: 0.49}\n"
+                    "priors: {mtdeq: {task_set: mtdeq, n_tasks: 5, steps: 10}}\n"
+                    "denoiser: {steps: 0}\n")
+    paper.write_text("model: {backbone: drunet, nc: [8, 16, 32, 64], nb: 1}\n"
+                     "deq: {crop: 16, batch_size: 4}\n"
+                     "priors: {mtdeq: {task_set: mtdeq, n_tasks: 5, steps: 1000},\n"
+                     "         st_sr: {task_set: st_sr, n_tasks: 1, steps: 1000}}\n")
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    out = tmp_path / "projection.csv"
+    args = parser.parse_args(["--config", str(paper), "--base-config", str(base), "--train-dirs", str(images),
+                              "--probe-iters", "1", "3", "--assume-iters", "40", "--gpu-speedup", "50",
+                              "--threads", "1", "--out", str(out)])
+    assert run_bench(args) == 0
+    rows = {r["run"]: r for r in csv.DictReader(out.open())}
+    assert list(rows) == ["mtdeq", "st_sr", "gauss_budget", "total"]
+    mt, st = rows["mtdeq"], rows["st_sr"]
+    assert (mt["backbone"], mt["nc"], mt["crop"], mt["batch_size"], mt["steps"]) == ("drunet", "8 16 32 64", "16",
+                                                                                   "4", "1000")
+    assert mt["weights"].startswith("random init (none.pth absent)") and mt["solver"] == "plain"
+    t_iter, t_jfb = float(mt["seconds_per_fp_iter_per_image"]), float(mt["seconds_jfb_per_image"])
+    assert t_iter > 0 and float(mt["gflop_per_forward"]) > 0
+    assert float(mt["projected_seconds_per_step_cpu"]) == pytest.approx(4 * 5 * (40 * t_iter + t_jfb), rel=1e-4)
+    assert float(st["projected_seconds_per_step_cpu"]) == pytest.approx(
+        float(mt["projected_seconds_per_step_cpu"]) / 5, rel=1e-4)
+    assert float(mt["cpu_hours"]) == pytest.approx(1000 * float(mt["projected_seconds_per_step_cpu"]) / 3600,
+                                                   rel=1e-4)
+    assert float(mt["gpu_hours"]) == pytest.approx(float(mt["cpu_hours"]) / 50, rel=1e-4)
+    assert float(mt["tflop_per_step"]) == pytest.approx(4 * 5 * 43 * float(mt["gflop_per_forward"]) / 1e3, rel=1e-4)
+    assert float(mt["gpu_hours_flop_based"]) == pytest.approx(
+        1000 * float(mt["tflop_per_step"]) / float(mt["assumed_gpu_tflops"]) / 3600, rel=1e-4)
+    assert float(rows["total"]["gpu_hours"]) == pytest.approx(
+        sum(float(rows[r]["gpu_hours"]) for r in ("mtdeq", "st_sr", "gauss_budget")), rel=1e-4)
+    with pytest.raises(ValueError, match="--assume-iters"):
+        run_bench(parser.parse_args(["--config", str(paper), "--base-config", str(base), "--assume-iters", "400"]))
+
+
+def test_bench_train_is_registered():
+    from mtdeq.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "train", "--config", "paper.yaml", "--assume-iters", "40"])
+    assert args.func is run_bench and args.config == "paper.yaml" and args.assume_iters == 40.0
