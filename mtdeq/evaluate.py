@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtdeq.tasks import TEST_PROTOCOL, Protocol, add_protocol_args, protocol_from_args
+
 CSV_COLUMNS = ["image", "method", "task", "sigma_noise", "psnr", "ssim", "iterations", "seconds"]
 TUNED_COLUMNS = ["method", "task", "iterations", "sigma_max", "sigma_min", "lam", "sigma_denoise", "step"]
 # eval method -> which tuned-parameter row (algorithm) it uses; every method not listed uses admm
@@ -168,6 +170,7 @@ class EvalSettings:
     seed: int = 0
     device: str = "auto"
     algorithm: str | None = None  # None -> algorithm_for(method)
+    protocol: Protocol = TEST_PROTOCOL  # kernels, SR start and crops of the observations
 
 
 def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
@@ -196,7 +199,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     rows = []
     bar = tqdm(images, desc=f"evaluate {settings.method}/{settings.task}", disable=not progress)
     for index, (name, x) in enumerate(bar):
-        deg = tasks.degrade(task, x, seed=settings.seed + index)  # same seed -> same y for every method
+        deg = settings.protocol.degrade(task, x, seed=settings.seed + index)  # same seed: same y for every method
         y = deg.y.to(device)
         x_hat, info = run_solver(params, op=deg.op, y=y, denoiser=denoiser, sigma_noise=task.sigma_noise)
         x_hat = x_hat.detach().cpu()
@@ -244,6 +247,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         algorithm=args.algorithm,
+        protocol=protocol_from_args(args),
     )
     table = evaluate(settings)
     print(
@@ -278,4 +282,5 @@ def register(subparsers) -> None:
         default=None,
         help="override which tuned row to use (default: red for --method red, admm otherwise)",
     )
+    add_protocol_args(p, test=True)
     p.set_defaults(func=_run)

@@ -9,7 +9,7 @@ the saved input image (y, or op.init(y) for SR) against the ground truth.
 The restored images come from ``<restored-dir>/<method>/<task>/<image>.png`` and the inputs
 from ``<restored-dir>/input/<task>/<image>.png`` (see mtdeq.evaluate).  The ground truth is
 read from --images and cropped as the evaluate stage did (centre crop --crop, then the
-top-left crop to a multiple of the SR factor).  A method without images gets an empty panel.
+task's --test-crop, mtdeq.tasks.Protocol.crop_truth).  A method without images gets an empty panel.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class FigureSettings:
     methods: tuple[str, ...] = ("red", "gauss", "proposed")
     crop: int | None = None
     scale: str | None = None
+    test_crop: str = "pnp-reg"  # the evaluate stage's --test-crop
 
 
 def parse_row(text: str) -> tuple[str, str]:
@@ -62,14 +63,15 @@ def _find_image(folder: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{folder}: no image named {stem!r}")
 
 
-def ground_truth(images: str | Path, stem: str, task_name: str, crop: int | None):
-    """The ground truth (3, H, W) as evaluate scored it: centre crop, then crop to the SR factor."""
+def ground_truth(images: str | Path, stem: str, task_name: str, crop: int | None, test_crop: str = "pnp-reg"):
+    """The ground truth (3, H, W) as evaluate scored it: centre crop, then the task's --test-crop."""
     from mtdeq import tasks
     from mtdeq.evaluate import centre_crop
     from mtdeq.io import read_image
 
     x = centre_crop(read_image(_find_image(Path(images), stem)), crop)
-    return tasks.crop_to_multiple(x.unsqueeze(0), tasks.TEST_TASKS[task_name].scale)[0]
+    protocol = tasks.Protocol(crop=test_crop)
+    return protocol.crop_truth(tasks.TEST_TASKS[task_name], x.unsqueeze(0))[0]
 
 
 def eval_psnr(eval_dir: Path, method: str, task: str, stem: str) -> float | None:
@@ -100,7 +102,7 @@ def make_figure(settings: FigureSettings) -> Path:
     fig.suptitle(title + (f" — scale {settings.scale}" if settings.scale else ""), fontsize=11)
     row_figures = fig.subfigures(n_rows, 1, squeeze=False)[:, 0]
     for r, (task, stem) in enumerate(settings.rows):
-        gt = ground_truth(settings.images, stem, task, settings.crop)
+        gt = ground_truth(settings.images, stem, task, settings.crop, settings.test_crop)
         panels = [(gt, f"({stem})")]
         sources = [("input", None)] + [(m, m) for m in settings.methods]
         for folder, method in sources:
@@ -112,7 +114,7 @@ def make_figure(settings: FigureSettings) -> Path:
             if tuple(image.shape) != tuple(gt.shape):
                 raise ValueError(
                     f"{path}: shape {tuple(image.shape)} differs from the ground truth {tuple(gt.shape)}; "
-                    "pass the --crop the evaluate stage used"
+                    "pass the --crop and --test-crop the evaluate stage used"
                 )
             value = psnr(image, gt) if method is None else eval_psnr(eval_dir, method, task, stem)
             panels.append((image, "PSNR n/a" if value is None else f"{value:.2f} dB"))
@@ -135,7 +137,7 @@ def make_figure(settings: FigureSettings) -> Path:
 def _run(args: argparse.Namespace) -> int:
     settings = FigureSettings(eval_dir=args.eval_dir, restored_dir=args.restored_dir, images=args.images,
                               out=args.out, rows=tuple(args.rows), methods=tuple(args.methods),
-                              crop=args.crop, scale=args.scale)
+                              crop=args.crop, scale=args.scale, test_crop=args.test_crop)
     print(f"figure -> {make_figure(settings)}")
     return 0
 
@@ -157,4 +159,6 @@ def register(subparsers) -> None:
     p.add_argument("--methods", nargs="+", default=["red", "gauss", "proposed"], help="restoration columns")
     p.add_argument("--crop", type=int, default=None, help="the --crop the evaluate stage used, if any")
     p.add_argument("--scale", default=None, help="scale name for the title")
+    p.add_argument("--test-crop", choices=("multiple", "pnp-reg"), default="pnp-reg",
+                   help="the --test-crop the evaluate stage used (default pnp-reg)")
     p.set_defaults(func=_run)

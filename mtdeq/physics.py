@@ -18,15 +18,36 @@ Kinds and their parameters:
                                    ``torch.Generator().manual_seed(seed)``.
 - ``blur(sigma)``                  A x = k * x, k an isotropic Gaussian (std ``sigma`` pixels) sampled
                                    on a centred 25x25 grid and normalised to sum 1; circular boundary.
-- ``sr_bicubic(scale)``            A x = S (k * x): circular convolution with the antialiased bicubic
-                                   kernel (Keys, a = -0.5, support widened by ``scale`` as in PIL and
-                                   MATLAB ``imresize``) then decimation S by ``scale``.
-- ``sr_gauss(scale, sigma=0.5)``   as ``sr_bicubic`` with a Gaussian kernel of std ``sigma * scale``
-                                   HR pixels (the PnP-ReG protocol, sigma = 0.5).
+- ``sr_bicubic(scale, a=-0.75, init="bilinear")``
+                                   A x = S (k * x): circular convolution with the antialiased Keys
+                                   cubic kernel of parameter ``a`` (support widened by ``scale``,
+                                   normalised to sum 1) then decimation S by ``scale``.
+                                   ``a = -0.75`` is PnP-ReG's ``bicubic`` kernel
+                                   (``cubic_filter_a75``, also OpenCV's and torch's bicubic);
+                                   ``a = -0.5`` is PIL ``BICUBIC`` / MATLAB ``imresize`` (PnP-ReG's
+                                   ``bicubic_matlab``).
+- ``sr_gauss(scale, sigma=0.5, support=2.0, init="bilinear")``
+                                   as ``sr_bicubic`` with a sampled Gaussian kernel of std
+                                   ``sigma * scale`` HR pixels, cut to the HR pixels at distance
+                                   ``|x| < support * scale`` from the LR pixel centre (PnP-ReG:
+                                   ``gauss4s_filter``, zero beyond 4 std, i.e. ``support = 2`` for
+                                   sigma = 0.5); ``support = 0``: no cut, sampled out to 4 std + 1
+                                   pixel (mtdeq's kernel before it followed PnP-ReG).
+
+SR start ``init`` (what ``op.init(y)`` returns, the one place the solvers start from):
+
+- ``"bilinear"``: bilinear resize of y to (H, W) (half-pixel centres, ``align_corners=False``); the
+  MTDEQ paper's training initialisation (Section III-A). Default, so training is unchanged.
+- ``"bicubic"``: PnP-ReG's test initialisation, ``cv2.resize(clip(y, 0, 1), INTER_CUBIC)``:
+  Keys a = -0.75, half-pixel centres, replicated border; computed with
+  ``F.interpolate(mode="bicubic", align_corners=False)``, which is the same map (checked against
+  OpenCV 4.10 to float32 rounding). y is clipped to [0, 1] first, as PnP-ReG's ``tensor2single``
+  does before the resize. :func:`mtdeq.tasks.degrade` selects it for the PnP-ReG test protocol.
 
 Decimation keeps every ``scale``-th sample of the filtered image, and the SR kernels are shifted so
-that LR pixel i is centred at HR coordinate (i + 0.5) * scale - 0.5 (PIL's pixel-centre convention);
-``sr_bicubic`` therefore reproduces ``PIL.Image.resize(..., BICUBIC)`` away from the borders.
+that LR pixel i is centred at HR coordinate i * scale + (scale - 1) / 2 (the pixel-centre
+convention of PIL and of PnP-ReG's ``Downsampler``); with ``a = -0.5``, ``sr_bicubic`` reproduces
+``PIL.Image.resize(..., BICUBIC)`` away from the borders.
 
 Blur and SR are diagonal in the Fourier domain; the SR proximal operator uses the decimation
 identity of Zhao et al. (2016, "Fast single image super-resolution using a new analytical
@@ -55,9 +76,12 @@ _PARAMS: dict[str, dict[str, object]] = {
     "identity": {},
     "inpaint": {"p_drop": None, "seed": None},
     "blur": {"sigma": None},
-    "sr_bicubic": {"scale": None},
-    "sr_gauss": {"scale": None, "sigma": 0.5},
+    "sr_bicubic": {"scale": None, "a": -0.75, "init": "bilinear"},
+    "sr_gauss": {"scale": None, "sigma": 0.5, "support": 2.0, "init": "bilinear"},
 }
+
+SR_INITS = ("bilinear", "bicubic")
+"""Accepted values of the SR operators' ``init`` parameter (see the module docstring)."""
 
 
 def build(kind: str, image_shape: tuple[int, int], **params):
@@ -104,23 +128,38 @@ def build(kind: str, image_shape: tuple[int, int], **params):
         raise ValueError(
             f"operator {kind!r}: image_shape {shape} is not a multiple of scale {scale} "
             "(crop it first, e.g. mtdeq.tasks.crop_to_multiple)")
-    # LR pixel i is centred at HR coordinate i*scale + shift (PIL convention).
+    init = values["init"]
+    if init not in SR_INITS:
+        raise ValueError(f"operator {kind!r}: parameter 'init'={init!r} not in {SR_INITS}")
+    # LR pixel i is centred at HR coordinate i*scale + shift; tap at circular offset o weighs the HR
+    # pixel i*scale - o, at distance -(o + shift) from that centre.
     shift = (scale - 1) / 2.0
     if kind == "sr_bicubic":
+        a = _check_float(kind, "a", values["a"], low=-1.0, high=0.0)
         radius = 2 * scale + 1  # bicubic support is 2 LR pixels = 2*scale HR pixels
         offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        taps = _keys_cubic((offsets + shift) / scale)
-        params_out = {"scale": scale}
+        taps = _keys_cubic((offsets + shift) / scale, a=a)
+        params_out = {"scale": scale, "a": a, "init": init}
     else:
         sigma = _check_float(kind, "sigma", values["sigma"], low=0.0, low_open=True)
-        std = sigma * scale
-        radius = math.ceil(4.0 * std + shift) + 1
+        support = _check_float(kind, "support", values["support"], low=0.0)
+        if support > 0:
+            cut = support * scale  # keep HR pixels strictly closer than this to the LR pixel centre
+            radius = math.ceil(cut + shift) + 1
+        else:  # no cut: sampled out to 4 std + 1 pixel (mtdeq's kernel before PnP-ReG's protocol)
+            cut = math.inf
+            radius = math.ceil(4.0 * sigma * scale + shift) + 1
         offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        taps = _gaussian(offsets + shift, std)
-        params_out = {"scale": scale, "sigma": sigma}
+        distance = offsets + shift
+        taps = torch.where(distance.abs() < cut, _gaussian(distance, sigma * scale),
+                           torch.zeros_like(distance))
+        params_out = {"scale": scale, "sigma": sigma, "support": support, "init": init}
     keep = taps != 0
+    if not bool(keep.any()):
+        raise ValueError(f"operator {kind!r}: parameters {params_out} leave an empty kernel")
     taps = taps[keep] / taps[keep].sum()
-    return ConvDecimate(kind, shape, scale=scale, taps=(offsets[keep], taps), params=params_out)
+    return ConvDecimate(kind, shape, scale=scale, taps=(offsets[keep], taps), params=params_out,
+                        init=init)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +272,9 @@ class ConvDecimate:
         scale s : x = gamma [r - A^T (1/gamma + S K K^H S^T)^(-1) A r]       (Woodbury)
                   where S K K^H S^T is diagonal in the LR Fourier domain with entries
                   D = blockmean(|K|^2) (mean over the s x s aliased copies; Zhao et al. 2016).
-    - init      = y (blur) or bilinear resize of y to (H, W) (SR; the paper's P in Algorithm 1).
+    - init      = y (blur, and SR with scale 1), else the resize of y to (H, W) named by ``init``:
+                  "bilinear" (the paper's P in Algorithm 1) or "bicubic" (PnP-ReG's start:
+                  clip(y, 0, 1) resized with Keys a = -0.75, half-pixel centres, replicated border).
 
     ``taps = (offsets, weights)`` is the separable 1-D kernel: k[a, b] = w[a'] w[b'] placed at the
     circular offsets (offsets[a'] mod H, offsets[b'] mod W); the SR kernels already include the
@@ -241,8 +282,12 @@ class ConvDecimate:
     """
 
     def __init__(self, kind: str, image_shape: tuple[int, int], *, scale: int,
-                 taps: tuple[torch.Tensor, torch.Tensor], params: dict[str, object]):
+                 taps: tuple[torch.Tensor, torch.Tensor], params: dict[str, object],
+                 init: str = "bilinear"):
+        if init not in SR_INITS:
+            raise ValueError(f"operator {kind!r}: init={init!r} not in {SR_INITS}")
         self.kind = kind
+        self.init_mode = init
         self.image_shape = image_shape
         self.scale = scale
         self.output_shape = (image_shape[0] // scale, image_shape[1] // scale)
@@ -326,6 +371,9 @@ class ConvDecimate:
         _check_input(self, y, self.output_shape, "y")
         if self.scale == 1:
             return y.clone()
+        if self.init_mode == "bicubic":
+            return F.interpolate(y.clamp(0.0, 1.0), size=self.image_shape, mode="bicubic",
+                                 align_corners=False)
         return F.interpolate(y, size=self.image_shape, mode="bilinear", align_corners=False)
 
     def __repr__(self) -> str:
@@ -337,8 +385,12 @@ class ConvDecimate:
 # Kernels and helpers
 
 
-def _keys_cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
-    """Keys' cubic convolution kernel (a = -0.5, as PIL BICUBIC and MATLAB imresize), support |t|<2."""
+def _keys_cubic(t: torch.Tensor, a: float = -0.75) -> torch.Tensor:
+    """Keys' cubic convolution kernel with parameter ``a``, support |t| < 2.
+
+    a = -0.75: PnP-ReG's ``bicubic`` (``cubic_filter_a75``), OpenCV INTER_CUBIC, torch bicubic;
+    a = -0.5: PIL BICUBIC, MATLAB ``imresize`` (PnP-ReG's ``bicubic_matlab``).
+    """
     t = t.abs()
     near = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
     far = ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a
@@ -412,5 +464,5 @@ def _check_int(kind: str, key: str, value, *, low: int) -> int:
 Operator = Identity | Inpaint | ConvDecimate
 """Type of the objects returned by :func:`build`."""
 
-__all__: list[str] = ["build", "KINDS", "SR_SCALES", "BLUR_KERNEL_SIZE", "Identity", "Inpaint",
-                      "ConvDecimate", "Operator"]
+__all__: list[str] = ["build", "KINDS", "SR_SCALES", "SR_INITS", "BLUR_KERNEL_SIZE", "Identity",
+                      "Inpaint", "ConvDecimate", "Operator"]

@@ -34,6 +34,7 @@ import pandas as pd
 
 from mtdeq.evaluate import SolverParams, load_test_images, run_solver
 from mtdeq.runtime import resolve_device
+from mtdeq.tasks import TEST_PROTOCOL, Protocol, add_protocol_args, protocol_from_args
 
 CANDIDATE_COLUMNS = [
     "method", "task", "iterations", "sigma_max", "sigma_min", "lam_scale", "lam",
@@ -174,6 +175,7 @@ class TuneSettings:
     device: str = "auto"
     extend_rounds: int = 0
     bounds: Bounds = Bounds()
+    protocol: Protocol = TEST_PROTOCOL  # kernels, SR start and crops of the observations
 
 
 def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
@@ -196,7 +198,7 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     denoiser = denoiser.to(device)
     images = load_test_images(settings.images, max_images=settings.max_images, crop=settings.crop)
     # degrade once: every candidate sees the same observations
-    observed = [tasks.degrade(task, x, seed=settings.seed + i) for i, (_, x) in enumerate(images)]
+    observed = [settings.protocol.degrade(task, x, seed=settings.seed + i) for i, (_, x) in enumerate(images)]
 
     def score(fields: dict, params: SolverParams, round_: int) -> dict:
         scores, seconds = [], 0.0
@@ -325,7 +327,8 @@ def _run_tune(args: argparse.Namespace) -> int:
     settings = TuneSettings(method=args.method, task=args.task, prior=args.prior, images=args.images,
                             out=args.out, grid=grid, max_images=args.max_images, crop=args.crop,
                             seed=args.seed, device=args.device, extend_rounds=args.extend_rounds,
-                            bounds=Bounds(max_iterations=args.max_iterations, sigma_cap=args.sigma_cap))
+                            bounds=Bounds(max_iterations=args.max_iterations, sigma_cap=args.sigma_cap),
+                            protocol=protocol_from_args(args))
     table = tune(settings)
     best = table.loc[table["val_psnr"].idxmax()] if table["val_psnr"].notna().any() else None
     summary = "no finite candidate" if best is None else f"best val PSNR {best['val_psnr']:.2f} dB"
@@ -369,6 +372,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i is degraded with seed + i (default 0)")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda, else mps, else cpu; the default), cpu, cuda, mps")
     p.add_argument("--out", required=True, help="candidate CSV, e.g. results/quick/tune/admm_comp90.csv")
+    add_protocol_args(p, test=True)
     p.set_defaults(func=_run_tune)
 
     c = subparsers.add_parser(

@@ -1,4 +1,5 @@
-"""Property tests for mtdeq.physics: adjointness, closed-form prox, FFT blur, PIL bicubic, init."""
+"""Property tests for mtdeq.physics: adjointness, closed-form prox, FFT blur, SR kernels (PIL
+bicubic, Keys a = -0.75 and the cut Gaussian of PnP-ReG), init."""
 
 import numpy as np
 import pytest
@@ -23,10 +24,13 @@ CASES = [
     ("sr_bicubic", {"scale": 2}, (24, 24)),
     ("sr_bicubic", {"scale": 3}, (21, 27)),
     ("sr_bicubic", {"scale": 4}, (20, 28)),
+    ("sr_bicubic", {"scale": 2, "a": -0.5, "init": "bicubic"}, (18, 26)),
+    ("sr_bicubic", {"scale": 3, "init": "bicubic"}, (21, 27)),
     ("sr_gauss", {"scale": 1, "sigma": 0.5}, (15, 17)),
     ("sr_gauss", {"scale": 2}, (18, 24)),
     ("sr_gauss", {"scale": 3, "sigma": 0.5}, (21, 27)),
     ("sr_gauss", {"scale": 4, "sigma": 0.7}, (24, 20)),
+    ("sr_gauss", {"scale": 2, "support": 3.5, "init": "bicubic"}, (18, 24)),
 ]
 IDS = [f"{k}-{'-'.join(f'{a}{b}' for a, b in p.items())}-{h}x{w}" for k, p, (h, w) in CASES]
 
@@ -150,7 +154,7 @@ def _pil_bicubic(img2d: np.ndarray, scale: int) -> np.ndarray:
 @pytest.mark.parametrize("scale,shape", [(2, (40, 46)), (2, (48, 48)), (3, (45, 51)), (3, (48, 60))])
 def test_sr_bicubic_matches_pil(scale, shape):
     x = _rand((1, 3, *shape), 6)
-    op = physics.build("sr_bicubic", shape, scale=scale)
+    op = physics.build("sr_bicubic", shape, scale=scale, a=-0.5)
     y = op.A(x)
     b = 4  # drop 4 LR (= 4*scale HR) pixels each side: PIL renormalises at borders, we wrap
     for c in range(3):
@@ -165,9 +169,11 @@ def test_sr_bicubic_scale1_is_identity_and_gauss_kernel_width():
     op = physics.build("sr_bicubic", (15, 17), scale=1)
     assert torch.allclose(op.A(x), x, atol=1e-12)
     # std = sigma*scale >= 1 HR pixel (a sampled Gaussian of std 0.5 has a visibly smaller variance)
+    # support = 6 LR pixels: the Gaussian tails (>= 6 std) are negligible; the default cut
+    # (support = 2, PnP-ReG) is tested in test_sr_gauss_kernel_is_pnp_reg_cut_gaussian
     for scale, sigma in [(1, 1.0), (2, 0.5), (3, 0.5), (4, 0.7)]:
-        n = 12 * scale
-        k = physics.build("sr_gauss", (n, n), scale=scale, sigma=sigma).kernel
+        n = 16 * scale
+        k = physics.build("sr_gauss", (n, n), scale=scale, sigma=sigma, support=6.0).kernel
         # LR pixel 0 is centred at HR coordinate (scale - 1) / 2; the kernel's second moment about
         # that centre is the variance (sigma * scale)^2 per axis.
         t = torch.arange(n, dtype=torch.float64)
@@ -191,9 +197,10 @@ def test_init_shapes(kind, params, shape):
 
 def test_init_values():
     y = _rand((1, 3, 8, 10), 9)
-    sr = physics.build("sr_bicubic", (16, 20), scale=2)
+    sr = physics.build("sr_bicubic", (16, 20), scale=2)  # default init: bilinear (paper, III-A)
     expect = F.interpolate(y, size=(16, 20), mode="bilinear", align_corners=False)
     assert torch.equal(sr.init(y), expect)
+    assert sr.params["init"] == "bilinear"
     blur = physics.build("blur", (8, 10), sigma=1.0)
     assert torch.equal(blur.init(y), y)
     inp = physics.build("inpaint", (8, 10), p_drop=0.5, seed=1)
@@ -247,3 +254,149 @@ def test_bad_call_arguments():
         op.A_adjoint(torch.zeros(1, 3, 12, 12))
     with pytest.raises(ValueError, match="gamma"):
         op.prox_l2(torch.zeros(1, 3, 12, 12), torch.zeros(1, 3, 6, 6), 0.0)
+
+
+# ------------------------------------------------------------------------ PnP-ReG's SR kernels
+def _sr_direct(img: np.ndarray, scale: int, weight) -> np.ndarray:
+    """y[i, j] = sum_{m, n} w(m - c_i) w(n - c_j) img[m mod H, n mod W], c_i = i*scale + (scale-1)/2.
+
+    ``weight(d)`` gives the (unnormalised) 1-D weight of an HR pixel at signed distance d from the
+    LR pixel centre; the weights are normalised to sum 1 over the HR pixels they cover. Plain
+    numpy, one LR pixel at a time (the definition, not an FFT).
+    """
+    height, width = img.shape
+    centre0 = (scale - 1) / 2.0
+    span = np.arange(-4 * scale - 2, 4 * scale + 3)  # HR offsets around the LR pixel's first pixel
+    w = np.array([weight(float(m) - centre0) for m in span], dtype=np.float64)
+    keep = w != 0
+    span, w = span[keep], w[keep] / w[keep].sum()
+    out = np.zeros((height // scale, width // scale))
+    for i in range(height // scale):
+        rows = (i * scale + span) % height
+        for j in range(width // scale):
+            cols = (j * scale + span) % width
+            out[i, j] = w @ img[np.ix_(rows, cols)] @ w
+    return out
+
+
+def _keys(t: float, a: float) -> float:
+    """Keys (1981) cubic convolution kernel, written from the formula."""
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t**3 - (a + 3) * t**2 + 1
+    if t < 2:
+        return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a
+    return 0.0
+
+
+@pytest.mark.parametrize("scale,shape", [(2, (18, 26)), (3, (21, 27)), (4, (20, 28))])
+def test_sr_bicubic_default_is_keys_a075_antialiased(scale, shape):
+    """Default sr_bicubic = PnP-ReG's ``bicubic``: Keys a = -0.75 stretched by the factor
+    (support 4*scale HR pixels), normalised, circular boundary, stride scale."""
+    x = _rand((1, 3, *shape), 12)
+    op = physics.build("sr_bicubic", shape, scale=scale)
+    assert op.params["a"] == -0.75
+    y = op.A(x)
+    for c in range(3):
+        ref = _sr_direct(x[0, c].numpy(), scale, lambda d: _keys(d / scale, -0.75))
+        assert np.abs(y[0, c].numpy() - ref).max() < 1e-5
+    # the a = -0.5 kernel is a different operator (the test above is not vacuous)
+    other = physics.build("sr_bicubic", shape, scale=scale, a=-0.5).A(x)
+    assert (other - y).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("scale,shape", [(1, (15, 17)), (2, (18, 26)), (3, (21, 27)), (4, (20, 28))])
+def test_sr_gauss_kernel_is_pnp_reg_cut_gaussian(scale, shape):
+    """Default sr_gauss = PnP-ReG's ``gauss`` (gauss4s_filter, sigma 0.5): std 0.5*scale HR pixels,
+    HR pixels strictly closer than 2*scale to the LR pixel centre, normalised."""
+    x = _rand((1, 3, *shape), 13)
+    op = physics.build("sr_gauss", shape, scale=scale)
+    assert op.params["support"] == 2.0 and op.params["sigma"] == 0.5
+    std = 0.5 * scale
+
+    def weight(d):
+        return np.exp(-0.5 * (d / std) ** 2) if abs(d) < 2 * scale else 0.0
+
+    y = op.A(x)
+    for c in range(3):
+        ref = _sr_direct(x[0, c].numpy(), scale, weight)
+        assert np.abs(y[0, c].numpy() - ref).max() < 1e-12
+    # taps per axis as in PnP-ReG's gen_dwn_kernel1D: x2 -> 8, x3 -> 11, x4 -> 16 (scale 1 -> 3)
+    taps = int((op.kernel.sum(dim=0) != 0).sum())
+    assert taps == {1: 3, 2: 8, 3: 11, 4: 16}[scale]
+    # a wider support keeps more of the tails and changes the operator
+    wide = physics.build("sr_gauss", shape, scale=scale, support=3.0)
+    assert int((wide.kernel.sum(dim=0) != 0).sum()) > taps
+    assert (wide.A(x) - y).abs().max() > 1e-6
+
+
+def _cv2_cubic_resize(img: np.ndarray, scale: int) -> np.ndarray:
+    """cv2.resize(img, INTER_CUBIC) upsampling, written from OpenCV's definition: destination pixel
+    d samples source coordinate (d + 0.5) / scale - 0.5 with Keys a = -0.75 on the 4 nearest
+    source pixels, indices clamped to the image (replicated border)."""
+    def axis_matrix(n_in):
+        mat = np.zeros((n_in * scale, n_in))
+        for d in range(n_in * scale):
+            src = (d + 0.5) / scale - 0.5
+            base = int(np.floor(src))
+            for k in range(-1, 3):
+                mat[d, min(max(base + k, 0), n_in - 1)] += _keys(src - (base + k), -0.75)
+        return mat
+
+    rows, cols = axis_matrix(img.shape[0]), axis_matrix(img.shape[1])
+    return rows @ img @ cols.T
+
+
+@pytest.mark.parametrize("kind", ["sr_bicubic", "sr_gauss"])
+@pytest.mark.parametrize("scale,shape", [(2, (18, 26)), (3, (21, 27))])
+def test_sr_bicubic_init_is_pnp_reg_upsampling(kind, scale, shape):
+    """init="bicubic": PnP-ReG's start, cv2 INTER_CUBIC upsampling of clip(y, 0, 1)."""
+    op = physics.build(kind, shape, scale=scale, init="bicubic")
+    y = _rand((1, 3, *op.output_shape), 14) * 1.2 - 0.1  # some values outside [0, 1]
+    x0 = op.init(y)
+    clipped = y.clamp(0, 1)
+    for c in range(3):
+        ref = _cv2_cubic_resize(clipped[0, c].numpy(), scale)
+        assert np.abs(x0[0, c].numpy() - ref).max() < 1e-12
+    assert not torch.allclose(x0, physics.build(kind, shape, scale=scale).init(y))  # != bilinear
+    assert op.params["init"] == "bicubic"
+
+
+def test_sr_bicubic_init_matches_opencv_if_installed():
+    cv2 = pytest.importorskip("cv2")
+    op = physics.build("sr_bicubic", (26, 34), scale=2, init="bicubic")
+    y = _rand((1, 3, 13, 17), 15)
+    ref = cv2.resize(y[0].permute(1, 2, 0).numpy().astype(np.float32), (34, 26),
+                     interpolation=cv2.INTER_CUBIC)
+    assert np.abs(op.init(y)[0].permute(1, 2, 0).numpy() - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("kind,params,match", [
+    ("sr_bicubic", {"scale": 2, "a": -1.5}, "'a'"),
+    ("sr_bicubic", {"scale": 2, "a": 0.5}, "'a'"),
+    ("sr_bicubic", {"scale": 2, "init": "nearest"}, "init"),
+    ("sr_gauss", {"scale": 2, "support": -1.0}, "support"),
+    ("sr_gauss", {"scale": 2, "support": 0.2}, "empty kernel"),
+    ("sr_gauss", {"scale": 2, "init": None}, "init"),
+    ("blur", {"sigma": 1.0, "init": "bicubic"}, "init"),
+])
+def test_bad_sr_parameters(kind, params, match):
+    with pytest.raises(ValueError, match=match):
+        physics.build(kind, (12, 12), **params)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_gauss_sr_support_zero_is_the_uncut_kernel(scale):
+    """support = 0: the Gaussian sampled out to 4 std + 1 pixel, nothing cut (the pre-PnP-ReG kernel)."""
+    shape = (12 * scale, 12 * scale)
+    op = physics.build("sr_gauss", shape, scale=scale, support=0.0)
+    std, shift = 0.5 * scale, (scale - 1) / 2
+    radius = int(np.ceil(4 * std + shift)) + 1
+    offsets = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 * ((offsets + shift) / std) ** 2)
+    w /= w.sum()
+    k1 = np.zeros(shape[0])
+    np.add.at(k1, offsets % shape[0], w)
+    np.testing.assert_allclose(op.kernel.numpy(), np.outer(k1, k1), atol=1e-12)
+    cut = physics.build("sr_gauss", shape, scale=scale).kernel.numpy()
+    assert np.count_nonzero(cut) < np.count_nonzero(op.kernel.numpy())  # support 2 cuts taps

@@ -277,6 +277,91 @@ def test_red_identity_denoises():
     assert ((z - x) ** 2).mean() < 0.5 * ((y - x) ** 2).mean()
 
 
+def red_inpaint_problem(batch=1, size=24, p_drop=0.7, seed=9):
+    """Small RED problem: inpainting of smooth images with a shared mask (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([smooth_image(seed=seed + i, size=size, dtype=torch.float64) for i in range(batch)])
+    mask = (torch.rand(1, 1, size, size, generator=g, dtype=torch.float64) > p_drop).double()
+    op = MaskOp(mask)
+    return op, op.A(x), x
+
+
+RED_SETTINGS = dict(denoiser=SmoothingDenoiser(), sigma_noise=0.0, sigma_denoise=0.05, lam=0.3)
+
+
+def test_red_default_is_fixed_k_romano_iteration():
+    """tol = 0 (default): exactly `iterations` steps of x <- prox(D(x), y, 1/lam), as before."""
+    op, y, _ = red_inpaint_problem(batch=2)
+    z, info = red(op=op, y=y, iterations=7, **RED_SETTINGS)
+    x = op.init(y)
+    for _ in range(7):
+        x = op.prox_l2(RED_SETTINGS["denoiser"](x, 0.05), y, 1.0 / 0.3)
+    assert torch.allclose(z, x, rtol=0, atol=1e-14)
+    assert info.iterations == 7 and info.image_iterations == [7, 7] and info.converged is False
+    assert len(info.rel_change) == 2 and all(c > 0 for c in info.rel_change)
+
+
+def test_red_stop_rule_fires():
+    op, y, _ = red_inpaint_problem(batch=1)
+    tol = 1e-4
+    z, info = red(op=op, y=y, iterations=5000, tol=tol, **RED_SETTINGS)
+    assert info.converged is True
+    assert 1 < info.iterations < 5000 and info.image_iterations == [info.iterations]
+    assert info.rel_change[0] < tol
+    # the rule fired at the first iteration whose relative change is below tol: stopping does not
+    # alter the trajectory, and one iteration fewer had not reached it yet
+    z_fixed, _ = red(op=op, y=y, iterations=info.iterations, **RED_SETTINGS)
+    assert torch.equal(z, z_fixed)
+    _, before = red(op=op, y=y, iterations=info.iterations - 1, **RED_SETTINGS)
+    assert before.rel_change[0] >= tol
+
+
+def test_red_converges_doubling_the_cap_changes_little():
+    """A real convergence check: the stopped output is (nearly) the limit of the iteration."""
+    op, y, _ = red_inpaint_problem(batch=1)
+    z_stop, info = red(op=op, y=y, iterations=5000, tol=1e-6, **RED_SETTINGS)
+    assert info.converged and info.iterations < 2500
+    z_2x, info_2x = red(op=op, y=y, iterations=2 * info.iterations, **RED_SETTINGS)  # tol = 0
+    assert info_2x.iterations == 2 * info.iterations
+    assert float((z_stop - z_2x).norm() / z_2x.norm()) < 2e-5
+    # ... and so is the fixed-K iterate: doubling K again changes nothing visible
+    z_4x, _ = red(op=op, y=y, iterations=4 * info.iterations, **RED_SETTINGS)
+    assert float((z_4x - z_2x).norm() / z_2x.norm()) < 1e-7
+
+
+@pytest.mark.parametrize("step", [1.0, 0.7])
+def test_red_stopped_images_are_frozen_and_batch_independent(step):
+    op, y, _ = red_inpaint_problem(batch=3)
+    y = y * torch.tensor([1.0, 0.3, 1.0], dtype=y.dtype).view(3, 1, 1, 1)  # different speeds
+    z, info = red(op=op, y=y, iterations=5000, tol=1e-5, step=step, **RED_SETTINGS)
+    assert info.converged and info.iterations == max(info.image_iterations)
+    assert all(c < 1e-5 for c in info.rel_change)
+    for i in range(3):
+        zi, info_i = red(op=op, y=y[i : i + 1], iterations=5000, tol=1e-5, step=step, **RED_SETTINGS)
+        assert info_i.image_iterations == [info.image_iterations[i]]
+        assert torch.allclose(zi, z[i : i + 1], rtol=0, atol=1e-12)
+
+
+def test_red_cap_without_convergence():
+    op, y, _ = red_inpaint_problem(batch=1)
+    z, info = red(op=op, y=y, iterations=3, tol=1e-12, **RED_SETTINGS)
+    assert info.iterations == 3 and info.converged is False and info.rel_change[0] >= 1e-12
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(tol=-1.0), "tol"),
+    (dict(tol=float("nan")), "tol"),
+    (dict(step=1.5), "step"),
+    (dict(iterations=0), "iterations"),
+])
+def test_red_bad_arguments(kwargs, match):
+    op, y, _ = red_inpaint_problem(batch=1, size=8)
+    args = dict(op=op, y=y, iterations=5, **RED_SETTINGS)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        red(**args)
+
+
 # ----------------------------------------------------------------------------- real prior
 @pytest.fixture(scope="module")
 def blur_problem():

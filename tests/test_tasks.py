@@ -148,3 +148,123 @@ def test_mtdeq_task_set_covers_paper_grid():
     for t in drawn[:40]:
         d = degrade(t, x, seed=0)
         assert d.op.init(d.y).shape == x.shape
+
+
+# ------------------------------------------------------------------- PnP-ReG's test crops
+def _pil_centre_crop_32(height, width):
+    """PnP-ReG's load_LR_HR_imgs_sr crop (factor != 3), done with PIL on an index image: the float
+    box ((W - W')/2, (H - H')/2, (W + W')/2, (H + H')/2) as PnP-ReG passes it to Image.crop."""
+    import numpy as np
+    from PIL import Image
+
+    index = np.arange(height * width, dtype=np.int32).reshape(height, width)
+    img = Image.fromarray(index)  # int32 -> mode "I"
+    new = (width - width % 32, height - height % 32)
+    box = [(width - new[0]) / 2, (height - new[1]) / 2, (width + new[0]) / 2, (height + new[1]) / 2]
+    return torch.from_numpy(np.asarray(img.crop(box), dtype=np.int64))
+
+
+@pytest.mark.parametrize("height,width", [(45, 47), (47, 45), (77, 99), (228, 344), (280, 280),
+                                          (64, 33), (32, 32)])
+@pytest.mark.parametrize("name", ["sr2_bicubic_n0", "sr2_gauss_n1"])
+def test_pnp_reg_crop_sr_x2_is_centred_multiple_of_32(name, height, width):
+    task = TEST_TASKS[name]
+    index = torch.arange(height * width).reshape(height, width)
+    got = tasks.pnp_reg_crop(task, index)
+    assert got.shape == (height - height % 32, width - width % 32)
+    assert torch.equal(got, _pil_centre_crop_32(height, width))
+
+
+def test_pnp_reg_crop_boxes():
+    t = TEST_TASKS
+    # odd margins are split with round-half-even, as PIL.Image.crop rounds the float box
+    assert tasks.pnp_reg_crop_box(t["sr2_bicubic_n0"], 45, 47) == (6, 8, 32, 32)  # 6.5 -> 6, 7.5 -> 8
+    assert tasks.pnp_reg_crop_box(t["sr2_bicubic_n0"], 228, 344) == (2, 12, 224, 320)  # Set5 woman
+    assert tasks.pnp_reg_crop_box(Task("x4", "sr_bicubic", (("scale", 4),), 0.0), 45, 47) == \
+        (6, 8, 32, 32)
+    # x3: top-left crop to multiples of 3
+    for name in ("sr3_bicubic_n0", "sr3_gauss_n1"):
+        assert tasks.pnp_reg_crop_box(t[name], 46, 47) == (0, 0, 45, 45)
+        assert tasks.pnp_reg_crop_box(t[name], 280, 344) == (0, 0, 279, 342)
+    # deblurring: top-left crop to multiples of 8
+    for name in ("blur1.6", "blur2.0"):
+        assert tasks.pnp_reg_crop_box(t[name], 45, 47) == (0, 0, 40, 40)
+        assert tasks.pnp_reg_crop_box(t[name], 228, 344) == (0, 0, 224, 344)
+    # completion: the whole image
+    for name in ("comp80", "comp90"):
+        assert tasks.pnp_reg_crop_box(t[name], 45, 47) == (0, 0, 45, 47)
+    x = _image((1, 3, 45, 47))
+    assert torch.equal(tasks.pnp_reg_crop(t["comp80"], x), x)
+    assert torch.equal(tasks.pnp_reg_crop(t["blur1.6"], x), x[..., :40, :40])
+    assert torch.equal(tasks.pnp_reg_crop(t["sr3_gauss_n0"], x), x[..., :45, :45])
+    assert torch.equal(tasks.pnp_reg_crop(t["sr2_gauss_n0"], x), x[..., 6:38, 8:40])
+    with pytest.raises(ValueError, match="smaller"):
+        tasks.pnp_reg_crop(t["sr2_bicubic_n0"], _image((1, 3, 31, 64)))
+    with pytest.raises(ValueError, match="smaller"):
+        tasks.pnp_reg_crop(t["blur1.6"], _image((1, 3, 7, 64)))
+
+
+@pytest.mark.parametrize("name", EXPECTED_NAMES)
+def test_degrade_pnp_reg_crop(name):
+    task = TEST_TASKS[name]
+    x = _image((1, 3, 45, 47), seed=3)
+    d = degrade(task, x, seed=2, crop="pnp-reg")
+    expect = tasks.pnp_reg_crop(task, x)
+    assert torch.equal(d.x_gt, expect)
+    assert d.op.image_shape == tuple(expect.shape[-2:])
+    if task.sigma_noise == 0:
+        assert torch.equal(d.y, d.op.A(expect))
+    # "multiple" (default) is the old top-left behaviour
+    old = degrade(task, x, seed=2)
+    assert torch.equal(old.x_gt, crop_to_multiple(x, task.scale))
+    with pytest.raises(ValueError, match="crop"):
+        degrade(task, x, seed=2, crop="centre")
+
+
+def test_degrade_sr_init():
+    x = _image((1, 3, 24, 30))
+    for name in ("sr2_bicubic_n1", "sr3_gauss_n0"):
+        task = TEST_TASKS[name]
+        default = degrade(task, x, seed=0)
+        bicubic = degrade(task, x, seed=0, init="bicubic")
+        assert default.op.params["init"] == "bilinear" and bicubic.op.params["init"] == "bicubic"
+        assert torch.equal(default.y, bicubic.y)  # the observation does not depend on the start
+        assert not torch.allclose(default.op.init(default.y), bicubic.op.init(bicubic.y))
+    # non-SR tasks have a fixed start and ignore init
+    for name in ("comp80", "blur1.6"):
+        a = degrade(TEST_TASKS[name], x, seed=0)
+        b = degrade(TEST_TASKS[name], x, seed=0, init="bicubic")
+        assert torch.equal(a.op.init(a.y), b.op.init(b.y))
+    fixed = Task("sr2_fixed", "sr_bicubic", (("scale", 2), ("init", "bilinear")), 0.0)
+    assert degrade(fixed, x, seed=0, init="bilinear").op.params["init"] == "bilinear"
+    with pytest.raises(ValueError, match="fixes init"):
+        degrade(fixed, x, seed=0, init="bicubic")
+    with pytest.raises(ValueError, match="init"):
+        degrade(TEST_TASKS["sr2_bicubic_n0"], x, seed=0, init="nearest")
+
+
+# --------------------------------------------------------------------------- protocol
+def test_protocol_adds_its_kernel_parameters_and_keeps_a_task_s_own():
+    p = tasks.Protocol(bicubic_a=-0.5, gauss_sr_support=0.0)
+    assert dict(p.task(tasks.TEST_TASKS["sr2_bicubic_n0"]).params)["a"] == -0.5
+    assert dict(p.task(tasks.TEST_TASKS["sr3_gauss_n1"]).params)["support"] == 0.0
+    assert p.task(tasks.TEST_TASKS["blur1.6"]) == tasks.TEST_TASKS["blur1.6"]
+    own = tasks.Task("x", "sr_bicubic", (("scale", 2), ("a", -0.6)), 0.0)
+    assert dict(p.task(own).params)["a"] == -0.6
+
+
+def test_test_protocol_is_pnp_reg_s_and_degrades_accordingly():
+    x = torch.rand(1, 3, 70, 75, generator=torch.Generator().manual_seed(0))
+    deg = tasks.TEST_PROTOCOL.degrade(tasks.TEST_TASKS["sr2_bicubic_n1"], x, seed=3)
+    assert deg.x_gt.shape[-2:] == (64, 64) and deg.op.params["a"] == -0.75 and deg.op.init_mode == "bicubic"
+    assert torch.equal(deg.x_gt, tasks.TEST_PROTOCOL.crop_truth(tasks.TEST_TASKS["sr2_bicubic_n1"], x))
+    legacy = tasks.Protocol(bicubic_a=-0.5, gauss_sr_support=0.0, sr_init="bilinear", crop="multiple")
+    old = legacy.degrade(tasks.TEST_TASKS["sr2_bicubic_n1"], x, seed=3)
+    assert old.x_gt.shape[-2:] == (70, 74) and torch.equal(old.x_gt, x[..., :70, :74])
+    assert tasks.TRAIN_PROTOCOL.sr_init == "bilinear"
+
+
+@pytest.mark.parametrize("kw, match", [({"sr_init": "nearest"}, "sr_init"), ({"crop": "centre"}, "crop")])
+def test_bad_protocol_is_rejected(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tasks.Protocol(**kw)

@@ -109,6 +109,19 @@ def test_ci_config_reaches_the_stage_commands():
     assert all("-m mtdeq --precision float64 " in c and "--device auto" in c for c in computing)
 
 
+def test_protocol_reaches_training_tuning_evaluation_and_figure():
+    _, out = dry_run("--configfile", "config/ci.yaml")  # PnP-ReG's test protocol
+    test = "--bicubic-a -0.75 --gauss-sr-support 2.0 --sr-init bicubic --test-crop pnp-reg"
+    assert all(test in c for c in shell_commands(out, "tune") + shell_commands(out, "evaluate"))
+    assert all("--bicubic-a -0.75 --gauss-sr-support 2.0 --sr-init bilinear" in c
+               for c in shell_commands(out, "train-deq"))
+    assert all("--test-crop pnp-reg" in c for c in shell_commands(out, "figure"))
+    _, out = dry_run("--configfile", "config/config.yaml")  # quick keeps the protocol of its reference
+    legacy = "--bicubic-a -0.5 --gauss-sr-support 0 --sr-init bilinear --test-crop multiple"
+    assert all(legacy in c for c in shell_commands(out, "evaluate"))
+    assert all("--test-crop multiple" in c for c in shell_commands(out, "figure"))
+
+
 def test_quick_scale_computes_in_float32_and_gpu_groups_use_cuda():
     _, out = dry_run("--configfile", "config/config.yaml")
     evals = shell_commands(out, "evaluate")

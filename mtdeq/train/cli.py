@@ -12,11 +12,12 @@ from dataclasses import fields
 
 import torch
 
+from mtdeq.runtime import DEVICE_CHOICES
+from mtdeq.tasks import add_protocol_args
+from mtdeq.train.amp import AMP_CHOICES
 from mtdeq.train.config import DenoiserTrainConfig, DEQTrainConfig, config_from_args
 from mtdeq.train.denoiser import pretrain_denoiser
 from mtdeq.train.deq import VAL_TASK_FOR_SET, convergence_summary, train_deq
-from mtdeq.runtime import DEVICE_CHOICES
-from mtdeq.train.amp import AMP_CHOICES
 from mtdeq.train.distributed import setup_distributed, teardown_distributed
 
 
@@ -103,6 +104,7 @@ def register(subparsers) -> None:
     q.add_argument("--solver", choices=("plain", "anderson"), default=e.solver, help="fixed-point method")
     q.add_argument("--val-task", default=None,
                    help=f"test task of the validation PSNR (default per task set: {VAL_TASK_FOR_SET})")
+    add_protocol_args(q, test=False)
     _add_runtime_args(q)
     q.set_defaults(func=_cmd_train_deq)
 

@@ -78,6 +78,16 @@ class DEQTrainConfig:
     val_task: str | None = None  # None: mtdeq.train.deq.VAL_TASK_FOR_SET[task_set]
     val_every: int = 100
     val_images: int = 4
+    bicubic_a: float = -0.75  # mtdeq.tasks.Protocol of the training observations
+    gauss_sr_support: float = 2.0
+    sr_init: str = "bilinear"
+
+    @property
+    def protocol(self):
+        """The training observations' mtdeq.tasks.Protocol (random crops: crop rule 'multiple')."""
+        from mtdeq.tasks import Protocol
+
+        return Protocol(bicubic_a=self.bicubic_a, gauss_sr_support=self.gauss_sr_support, sr_init=self.sr_init)
 
     def __post_init__(self):
         from mtdeq.tasks import TASK_SETS, TEST_TASKS
@@ -90,6 +100,7 @@ class DEQTrainConfig:
         check_value(self.val_task is None or self.val_task in TEST_TASKS, "--val-task", self.val_task,
                     f"one of {list(TEST_TASKS)}")
         check_value(len(self.train_dirs) > 0, "--train-dirs", self.train_dirs, "at least one image folder")
+        self.protocol  # noqa: B018 -- validates sr_init
         _check_common(self)
 
 

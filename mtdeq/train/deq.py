@@ -242,11 +242,9 @@ def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DE
     image does not depend on how the batch is split); only ``rows`` (None: all) are solved.
     """
     from mtdeq.solvers import fb_map, fixed_point, jfb_output
-    from mtdeq.tasks import degrade
-
     # y_i <- A_i(x) + eps_i
     noise_seed = int(torch.randint(2**62, (1,), generator=generator))
-    deg = degrade(task, x, seed=noise_seed)
+    deg = cfg.protocol.degrade(task, x, seed=noise_seed)
     op, y, x = deg.op, deg.y, deg.x_gt
     if rows is not None:  # the operators are batch-independent: only y and x are split
         y, x = y[rows], x[rows]
@@ -270,10 +268,10 @@ def _deq_validation(model, cfg: DEQTrainConfig, device):
     if val_x is None:
         return lambda: None
     from mtdeq.solvers import fb_map, fixed_point
-    from mtdeq.tasks import TEST_TASKS, degrade
+    from mtdeq.tasks import TEST_TASKS
 
     task = TEST_TASKS[cfg.val_task or VAL_TASK_FOR_SET[cfg.task_set]]
-    deg = degrade(task, val_x, seed=VAL_SEED)
+    deg = cfg.protocol.degrade(task, val_x, seed=VAL_SEED)
     y, x_gt = deg.y.to(device), deg.x_gt.to(device)
 
     def validate() -> float:

@@ -123,6 +123,15 @@ def device(group):
     return "cuda" if RES[group]["gpus"] > 0 else config["device"]
 
 
+def protocol_args(stage):
+    """The protocol options (config protocol) of a 'train' (train-deq) or 'test' (tune, evaluate) stage."""
+    p = config["protocol"]
+    shared = f"--bicubic-a {p['bicubic_a']} --gauss-sr-support {p['gauss_sr_support']}"
+    if stage == "train":
+        return f"{shared} --sr-init {p['train_sr_init']}"
+    return f"{shared} --sr-init {p['test_sr_init']} --test-crop {p['test_crop']}"
+
+
 def option(flag, value):
     """'--flag value' when value is set (non-empty, non-zero), else ''."""
     return f"{flag} {value}" if value else ""

@@ -23,6 +23,7 @@ rule tune_admm:
     output:
         "results/{scale}/tune/admm_{task}.csv",
     params:
+        protocol=protocol_args("test"),
         precision=config["precision"],
         images=config["data"]["val_set"],
         max_images=TUNE["max_images"],
@@ -50,7 +51,7 @@ rule tune_admm:
         " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
         " --iterations {params.iterations} --sigma-max {params.sigma_max}"
         " --sigma-min {params.sigma_min} --lam-scale {params.lam_scale} {params.edges}"
-        " --seed {params.seed} --device {params.device} --out {output} > {log} 2>&1"
+        " --seed {params.seed} --device {params.device} --out {output} {params.protocol} > {log} 2>&1"
 
 
 rule tune_red:
@@ -61,6 +62,7 @@ rule tune_red:
     output:
         "results/{scale}/tune/red_{task}.csv",
     params:
+        protocol=protocol_args("test"),
         precision=config["precision"],
         images=config["data"]["val_set"],
         max_images=TUNE["max_images"],
@@ -88,7 +90,7 @@ rule tune_red:
         " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
         " --iterations {params.iterations} --red-lam {params.lam} --red-sigma {params.sigma}"
         " --red-step {params.step} {params.edges} --seed {params.seed} --device {params.device}"
-        " --out {output} > {log} 2>&1"
+        " --out {output} {params.protocol} > {log} 2>&1"
 
 
 rule collect_tuned:
@@ -153,6 +155,7 @@ rule evaluate:
     wildcard_constraints:
         method=EVAL_METHOD_RE,
     params:
+        protocol=protocol_args("test"),
         precision=config["precision"],
         images=config["data"]["test_set"],
         save_dir=lambda w: save_dir_option(w.scale, w.method, w.task),
@@ -175,4 +178,4 @@ rule evaluate:
         "python -m mtdeq --precision {params.precision} evaluate --method {wildcards.method} --prior {input.prior}"
         " --task {wildcards.task} --images {params.images} --params {input.params}"
         " --out {output} {params.save_dir} {params.max_images} {params.crop}"
-        " --seed {params.seed} --device {params.device} > {log} 2>&1"
+        " --seed {params.seed} --device {params.device} {params.protocol} > {log} 2>&1"

@@ -96,6 +96,7 @@ rule figure:
     output:
         report("results/fig2.png", caption="../report/fig2.rst", category="Figure"),
     params:
+        test_crop=config["protocol"]["test_crop"],
         eval_dir=lambda w, input: Path(input.evals[0]).parent.parent,
         restored_dir=f"results/{SCALE}/restored",
         images=config["data"]["test_set"],
@@ -116,7 +117,7 @@ rule figure:
     shell:
         "python -m mtdeq figure --eval-dir {params.eval_dir} --restored-dir {params.restored_dir}"
         " --images {params.images} --rows {params.rows} --methods {params.methods}"
-        " {params.crop} --scale {params.scale} --out {output} > {log} 2>&1"
+        " {params.crop} --scale {params.scale} --test-crop {params.test_crop} --out {output} > {log} 2>&1"
 
 
 rule summarize:

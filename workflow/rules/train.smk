@@ -13,6 +13,7 @@ rule train_deq:
     wildcard_constraints:
         prior="mtdeq|st_comp|st_sr|mtdeq_seed[0-9]+",
     params:
+        protocol=protocol_args("train"),
         precision=config["precision"],
         task_set=lambda w: prior_setting(w.prior, "task_set"),
         n_tasks=lambda w: prior_setting(w.prior, "n_tasks"),
@@ -56,4 +57,4 @@ rule train_deq:
         " --diverge-at {params.diverge_at} --solver {params.solver} --seed {params.seed}"
         " --log-csv {log.csv} --checkpoint-every {params.checkpoint_every}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
-        " --threads {threads} --device {params.device} > {log.stdout} 2>&1"
+        " --threads {threads} --device {params.device} {params.protocol} > {log.stdout} 2>&1"
