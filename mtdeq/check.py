@@ -25,7 +25,8 @@ were produced at another scale than the reference (read from ``<table>.provenanc
 ``--bless`` copies the current tables (``table{1,2}.csv``, ``.md``, ``.provenance.json``)
 and ``fig2.png`` when present into the reference folder, after checking that the folder is
 named after the results' scale and does not hold another scale's reference.  It also copies,
-when present, the run's records (EXTRA_FILES, same relative names): ``spread.csv``, the extra
+when present, the run's records (EXTRA_FILES, same relative names): ``spread.csv``,
+``budget_check.csv`` (PSNR at K and 2K of the baselines), the extra
 tables ``extra/`` (target ``extra``), and from ``<results>/<scale>/`` the tuned parameters
 (``tuned_params.csv``, ``tuned_params_own/*.csv``), ``timings.csv`` and ``convergence.csv``;
 a copy left in the reference from an earlier bless whose source is now absent is removed,
@@ -52,7 +53,7 @@ COMPARED_KINDS = ("ours", "extra")
 TABLE_FILES = [f"{t}{ext}" for t in TABLES for ext in (".csv", ".md", ".provenance.json")]
 BLESSED_FILES = TABLE_FILES + ["fig2.png"]
 # optional records of the run, relative to --results ({scale} = the results' scale)
-EXTRA_FILES = ["spread.csv", *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
+EXTRA_FILES = ["spread.csv", "budget_check.csv", *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
                "{scale}/tuned_params.csv", "{scale}/timings.csv", "{scale}/convergence.csv"]
 EXTRA_GLOBS = ["{scale}/tuned_params_own/*.csv"]
 TOLERANCE_FILE = "tolerance.yaml"  # written by hand from a measurement; kept across --bless

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +33,7 @@ import pandas as pd
 from mtdeq.tasks import TEST_PROTOCOL, Protocol, add_protocol_args, protocol_from_args
 
 CSV_COLUMNS = ["image", "method", "task", "sigma_noise", "psnr", "ssim", "iterations", "seconds"]
+BUDGET_COLUMNS = ["psnr_2x", "iterations_2x"]  # with --budget-check: the same solve with 2x the iterations
 TUNED_COLUMNS = ["method", "task", "iterations", "sigma_max", "sigma_min", "lam", "sigma_denoise", "step"]
 # eval method -> which tuned-parameter row (algorithm) it uses; every method not listed uses admm
 METHODS = ("red", "gauss", "gauss_budget", "st_comp", "st_sr", "proposed")
@@ -131,8 +132,12 @@ def load_test_images(folder: str | Path, *, max_images: int | None = None, crop:
     return [(f.stem, centre_crop(read_image(f), crop).unsqueeze(0)) for f in files]
 
 
-def run_solver(params: SolverParams, *, op, y, denoiser, sigma_noise: float, progress: bool = False):
-    """Run PnP-ADMM or RED with ``params``; returns (x (B, 3, H, W), info with .iterations, .seconds)."""
+def run_solver(params: SolverParams, *, op, y, denoiser, sigma_noise: float, progress: bool = False,
+               red_tol: float = 0.0):
+    """Run PnP-ADMM or RED with ``params``; returns (x (B, 3, H, W), info with .iterations, .seconds).
+
+    ``red_tol`` > 0 makes RED stop at that relative change, ``params.iterations`` being the cap.
+    """
     from mtdeq.solvers import pnp_admm, red
 
     common = dict(op=op, y=y, denoiser=denoiser, sigma_noise=sigma_noise, iterations=params.iterations,
@@ -140,7 +145,8 @@ def run_solver(params: SolverParams, *, op, y, denoiser, sigma_noise: float, pro
     if params.algorithm == "admm":
         return pnp_admm(**common, sigma_max=params.sigma_max, sigma_min=params.sigma_min)
     if params.algorithm == "red":
-        return red(**common, sigma_denoise=params.sigma_denoise, step=1.0 if params.step is None else params.step)
+        return red(**common, sigma_denoise=params.sigma_denoise, step=1.0 if params.step is None else params.step,
+                   tol=red_tol)
     raise ValueError(f"unknown algorithm {params.algorithm!r}; expected 'admm' or 'red'")
 
 
@@ -171,6 +177,8 @@ class EvalSettings:
     device: str = "auto"
     algorithm: str | None = None  # None -> algorithm_for(method)
     protocol: Protocol = TEST_PROTOCOL  # kernels, SR start and crops of the observations
+    red_tol: float = 0.0  # RED's relative-change stop (0: exactly the tuned K iterations)
+    budget_check: bool = False  # also run with twice the iterations: columns psnr_2x, iterations_2x
 
 
 def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
@@ -201,8 +209,12 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     for index, (name, x) in enumerate(bar):
         deg = settings.protocol.degrade(task, x, seed=settings.seed + index)  # same seed: same y for every method
         y = deg.y.to(device)
-        x_hat, info = run_solver(params, op=deg.op, y=y, denoiser=denoiser, sigma_noise=task.sigma_noise)
+        solve = dict(op=deg.op, y=y, denoiser=denoiser, sigma_noise=task.sigma_noise, red_tol=settings.red_tol)
+        x_hat, info = run_solver(params, **solve)
         x_hat = x_hat.detach().cpu()
+        if settings.budget_check:  # does the result still move with twice the iteration budget?
+            x_2x, info_2x = run_solver(replace(params, iterations=2 * params.iterations), **solve)
+            budget = {"psnr_2x": psnr(x_2x.detach().cpu(), deg.x_gt), "iterations_2x": int(info_2x.iterations)}
         rows.append(
             {
                 "image": name,
@@ -213,6 +225,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
                 "ssim": ssim(x_hat, deg.x_gt),
                 "iterations": int(info.iterations),
                 "seconds": float(info.seconds),
+                **(budget if settings.budget_check else {}),
             }
         )
         bar.set_postfix(psnr=f"{rows[-1]['psnr']:.2f}")
@@ -222,7 +235,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
                 view = degraded_view(deg.op, deg.y, deg.x_gt)
                 write_image(input_dir_for(settings.save_dir, settings.task) / f"{name}.png", view)
 
-    table = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    table = pd.DataFrame(rows, columns=CSV_COLUMNS + (BUDGET_COLUMNS if settings.budget_check else []))
     out = Path(settings.out)
     atomic_write_text(out, table.to_csv(index=False, float_format="%.6f"))
     record = provenance(
@@ -248,6 +261,8 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         algorithm=args.algorithm,
         protocol=protocol_from_args(args),
+        red_tol=args.red_tol,
+        budget_check=args.budget_check,
     )
     table = evaluate(settings)
     print(
@@ -282,5 +297,10 @@ def register(subparsers) -> None:
         default=None,
         help="override which tuned row to use (default: red for --method red, admm otherwise)",
     )
+    p.add_argument("--red-tol", type=float, default=0.0,
+                   help="RED: stop at this relative change ||x_k+1 - x_k|| / ||x_k||, the tuned K being the cap "
+                        "(default 0: exactly K iterations)")
+    p.add_argument("--budget-check", action="store_true",
+                   help="also solve with twice the iterations and write psnr_2x, iterations_2x (a convergence check)")
     add_protocol_args(p, test=True)
     p.set_defaults(func=_run)

@@ -162,6 +162,23 @@ def read_eval_dir(eval_dir: str | Path, methods: list[str] | None = None) -> pd.
     return pd.concat(frames, ignore_index=True)
 
 
+BUDGET_CHECK_COLUMNS = ["method", "task", "n_images", "psnr_k", "psnr_2k", "delta"]
+
+
+def budget_check(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Mean PSNR at the tuned K and at 2K per (method, task) for the rows evaluated with --budget-check.
+
+    ``delta`` = psnr_2k - psnr_k: how much the result still moves with twice the iterations.
+    """
+    if "psnr_2x" not in per_image.columns:
+        return pd.DataFrame(columns=BUDGET_CHECK_COLUMNS)
+    checked = per_image[per_image["psnr_2x"].notna()]
+    table = checked.groupby(["method", "task"], sort=True).agg(
+        n_images=("image", "size"), psnr_k=("psnr", "mean"), psnr_2k=("psnr_2x", "mean")).reset_index()
+    table["delta"] = table["psnr_2k"] - table["psnr_k"]
+    return table[BUDGET_CHECK_COLUMNS]
+
+
 def eval_devices(eval_dir: Path, methods: list[str] | None) -> list[str]:
     """The devices recorded by the evaluation stage (``<method>/<task>.provenance.json``), sorted."""
     found = set()
@@ -291,7 +308,7 @@ def markdown_to_html(text: str, *, title: str) -> str:
 
 
 def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lines: list[str],
-                spread: pd.DataFrame | None = None) -> str:
+                spread: pd.DataFrame | None = None, budget: pd.DataFrame | None = None) -> str:
     """Markdown: header, ours (paper) table with bold best / underlined second, Δ table, spread (if any)."""
     best = {task: ranks(table, task) for task in tasks}
     head = "| Method | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |"
@@ -330,6 +347,21 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
             cells = [_fmt(value.get(t, math.nan)) for t in tasks]
             lines.append(f"| {seed} | " + " | ".join(cells)
                          + f" | {_fmt(group['spread'].max())} | {_fmt(group['spread'].mean())} |")
+    budget = None if budget is None else budget[budget["task"].isin(tasks)]
+    if budget is not None and len(budget):
+        lines += [
+            "", f"### {title}: iteration budget (dB)", "",
+            "Mean PSNR with the tuned K and with 2K iterations, ours; a small 2K − K means the "
+            "solver has settled.", "",
+            "| Method | K → 2K | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |",
+            "|---|---|" + "---:|" * len(tasks),
+        ]
+        for method, group in budget.groupby("method", sort=False):
+            cells = {row.task: row for row in group.itertuples(index=False)}
+            label = next((r.label for r in ROWS if r.key == method), method)
+            for what, key, signed in (("K", "psnr_k", False), ("2K − K", "delta", True)):
+                values = [_fmt(getattr(cells[t], key), signed) if t in cells else "—" for t in tasks]
+                lines.append(f"| {label} | {what} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -403,13 +435,15 @@ def make_tables(settings: TableSettings) -> dict[str, pd.DataFrame]:
         atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.2f"))
         atomic_write_text(out_dir / f"{name}.provenance.json", json.dumps(sidecar, indent=2) + "\n")
         markdown = to_markdown(table, tasks, title=f"{title} — scale {settings.scale}", header_lines=header,
-                               spread=spread)
+                               spread=spread, budget=budget_check(per_image))
         atomic_write_text(out_dir / f"{name}.md", markdown)
         atomic_write_text(out_dir / f"{name}.html", markdown_to_html(markdown, title=f"{title} — {settings.scale}"))
         result[name] = table
     filled = [s for s in spreads if len(s)]
     spread = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=SPREAD_COLUMNS)
     atomic_write_text(out_dir / "spread.csv", spread.to_csv(index=False, float_format="%.4f"))
+    budget = budget_check(per_image)
+    atomic_write_text(out_dir / "budget_check.csv", budget.to_csv(index=False, float_format="%.4f"))
     return result
 
 

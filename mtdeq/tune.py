@@ -176,6 +176,7 @@ class TuneSettings:
     extend_rounds: int = 0
     bounds: Bounds = Bounds()
     protocol: Protocol = TEST_PROTOCOL  # kernels, SR start and crops of the observations
+    red_tol: float = 0.0  # RED's relative-change stop (0: exactly K iterations; K is then the cap)
 
 
 def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
@@ -203,7 +204,8 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     def score(fields: dict, params: SolverParams, round_: int) -> dict:
         scores, seconds = [], 0.0
         for deg in observed:
-            x_hat, info = run_solver(params, op=deg.op, y=deg.y.to(device), denoiser=denoiser, sigma_noise=task.sigma_noise)
+            x_hat, info = run_solver(params, op=deg.op, y=deg.y.to(device), denoiser=denoiser,
+                                     sigma_noise=task.sigma_noise, red_tol=settings.red_tol)
             value = psnr(x_hat.detach().cpu(), deg.x_gt)
             scores.append(value if math.isfinite(value) else float("nan"))
             seconds += float(info.seconds)
@@ -328,7 +330,7 @@ def _run_tune(args: argparse.Namespace) -> int:
                             out=args.out, grid=grid, max_images=args.max_images, crop=args.crop,
                             seed=args.seed, device=args.device, extend_rounds=args.extend_rounds,
                             bounds=Bounds(max_iterations=args.max_iterations, sigma_cap=args.sigma_cap),
-                            protocol=protocol_from_args(args))
+                            protocol=protocol_from_args(args), red_tol=args.red_tol)
     table = tune(settings)
     best = table.loc[table["val_psnr"].idxmax()] if table["val_psnr"].notna().any() else None
     summary = "no finite candidate" if best is None else f"best val PSNR {best['val_psnr']:.2f} dB"
@@ -372,6 +374,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i is degraded with seed + i (default 0)")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda, else mps, else cpu; the default), cpu, cuda, mps")
     p.add_argument("--out", required=True, help="candidate CSV, e.g. results/quick/tune/admm_comp90.csv")
+    p.add_argument("--red-tol", type=float, default=0.0,
+                   help="red: stop at this relative change, K being the cap (default 0: exactly K iterations)")
     add_protocol_args(p, test=True)
     p.set_defaults(func=_run_tune)
 

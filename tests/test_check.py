@@ -46,7 +46,8 @@ def blessed(tmp_path):
 def test_bless_writes_reference(blessed):
     names = sorted(p.name for p in blessed.iterdir())
     assert names == sorted(["fig2.png", "table1.csv", "table1.md", "table1.provenance.json",
-                            "table2.csv", "table2.md", "table2.provenance.json", "spread.csv"])
+                            "table2.csv", "table2.md", "table2.provenance.json", "spread.csv",
+                            "budget_check.csv"])
     assert json.loads((blessed / "table1.provenance.json").read_text())["scale"] == "ci"
 
 

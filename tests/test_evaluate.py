@@ -39,17 +39,18 @@ def setup(tmp_path_factory):
 
 def _settings(setup, method, task="comp80", **kw):
     out = setup["root"] / "eval" / method / f"{task}.csv"
+    kw.setdefault("params", str(setup["params"]))
     return ev.EvalSettings(method=method, task=task, prior=str(setup["prior"]), images=str(setup["images"]),
-                           params=str(setup["params"]), out=str(out), **kw)
+                           out=str(out), **kw)
 
 
 def test_evaluate_writes_csv_and_every_method_sees_the_same_input(setup, monkeypatch):
     seen: dict[str, list[torch.Tensor]] = {}
     original = ev.run_solver
 
-    def recording(params, *, op, y, denoiser, sigma_noise, progress=False):
+    def recording(params, *, op, y, denoiser, sigma_noise, progress=False, red_tol=0.0):
         seen.setdefault(current, []).append(y.clone())
-        return original(params, op=op, y=y, denoiser=denoiser, sigma_noise=sigma_noise)
+        return original(params, op=op, y=y, denoiser=denoiser, sigma_noise=sigma_noise, red_tol=red_tol)
 
     monkeypatch.setattr(ev, "run_solver", recording)
     tables = {}
@@ -235,3 +236,28 @@ def test_tune_extension_rows_change_one_parameter_of_the_best(setup, tmp_path):
     changed = [n for n in ("iterations", "sigma_max", "sigma_min") if first[n] != grid_best[n]]
     assert len(changed) == 1
     assert not ((table.iloc[:4][["iterations", "sigma_max"]] == first[["iterations", "sigma_max"]]).all(axis=1)).any()
+
+
+def test_budget_check_reports_the_psnr_at_twice_the_iterations(setup):
+    plain = ev.evaluate(_settings(setup, "gauss", task="blur1.6"), progress=False)
+    table = ev.evaluate(_settings(setup, "gauss", task="blur1.6", budget_check=True), progress=False)
+    assert list(table.columns) == ev.CSV_COLUMNS + ev.BUDGET_COLUMNS
+    assert table["psnr"].tolist() == plain["psnr"].tolist()  # the reported result is unchanged
+    assert (table["iterations_2x"] == 2 * table["iterations"]).all()
+    doubled = ev.evaluate(_settings(setup, "gauss", task="blur1.6", params=str(_doubled(setup))), progress=False)
+    assert table["psnr_2x"].tolist() == pytest.approx(doubled["psnr"].tolist(), abs=1e-9)
+
+
+def _doubled(setup):
+    """A copy of tuned_params.csv with every K doubled."""
+    table = pd.read_csv(setup["params"])
+    table["iterations"] = 2 * table["iterations"]
+    path = setup["root"] / "tuned_params_2x.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_red_tolerance_stops_early_and_is_recorded(setup):
+    fixed = ev.evaluate(_settings(setup, "red"), progress=False)
+    loose = ev.evaluate(_settings(setup, "red", red_tol=1e3), progress=False)  # any change is "small"
+    assert (loose["iterations"] <= fixed["iterations"]).all() and (loose["iterations"] < fixed["iterations"]).any()

@@ -159,3 +159,22 @@ def test_methods_option_restricts_the_rows_and_spread_csv_is_always_written(tmp_
     with pytest.raises(FileNotFoundError, match="--methods nothing_here"):
         tb.make_tables(tb.TableSettings(str(eval_dir), str(PAPER), "unit", str(tmp_path / "o2"),
                                         methods=("nothing_here",)))
+
+
+def test_budget_check_table_and_markdown(tmp_path):
+    rows = []
+    for method, k, k2 in (("gauss", 30.0, 30.02), ("red", 25.0, 26.0)):
+        for image in ("a", "b"):
+            rows.append({"image": image, "method": method, "task": "blur1.6", "sigma_noise": 0.01, "psnr": k,
+                         "ssim": 0.9, "iterations": 10, "seconds": 1.0, "psnr_2x": k2, "iterations_2x": 20})
+    rows.append({"image": "a", "method": "proposed", "task": "blur1.6", "sigma_noise": 0.01, "psnr": 31.0,
+                 "ssim": 0.9, "iterations": 10, "seconds": 1.0})
+    per_image = pd.DataFrame(rows)
+    table = tb.budget_check(per_image).set_index("method")
+    assert list(table.index) == ["gauss", "red"]  # proposed was not checked
+    assert table.loc["gauss", "delta"] == pytest.approx(0.02) and table.loc["red", "n_images"] == 2
+    md = tb.to_markdown(tb.build_table(tb.mean_psnr(per_image), tb.read_paper(str(PAPER)), "table1"),
+                        ["comp80", "comp90", "blur1.6", "blur2.0"],
+                        title="T", header_lines=[], budget=tb.budget_check(per_image))
+    assert "iteration budget" in md and "| RED | 2K − K |" in md and "+1.00" in md
+    assert tb.budget_check(per_image.drop(columns=["psnr_2x", "iterations_2x"])).empty

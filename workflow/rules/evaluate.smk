@@ -71,6 +71,7 @@ rule tune_red:
         lam=TUNE["red"]["lam"],
         sigma=TUNE["red"]["sigma"],
         step=TUNE["red"]["step"],
+        red_tol=TUNE["red"]["tol"],
         edges=EXTEND,
         seed=config["seed"],
         device=device("tune"),
@@ -89,7 +90,8 @@ rule tune_red:
         "python -m mtdeq --precision {params.precision} tune --method red --task {wildcards.task} --prior {input.prior}"
         " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
         " --iterations {params.iterations} --red-lam {params.lam} --red-sigma {params.sigma}"
-        " --red-step {params.step} {params.edges} --seed {params.seed} --device {params.device}"
+        " --red-step {params.step} --red-tol {params.red_tol} {params.edges} --seed {params.seed}"
+        " --device {params.device}"
         " --out {output} {params.protocol} > {log} 2>&1"
 
 
@@ -162,6 +164,9 @@ rule evaluate:
         max_images=option("--max-images", EVAL["max_images"]),
         crop=option("--crop", EVAL["crop"]),
         seed=config["seed"],
+        red_tol=TUNE["red"]["tol"],
+        # the baselines' convergence check: RED and Gauss also solved with twice the iterations
+        budget_check=lambda w: "--budget-check" if w.method in ("red", "gauss") else "",
         device=device("evaluate"),
     log:
         "logs/{scale}/evaluate/{method}/{task}.log",
@@ -178,4 +183,5 @@ rule evaluate:
         "python -m mtdeq --precision {params.precision} evaluate --method {wildcards.method} --prior {input.prior}"
         " --task {wildcards.task} --images {params.images} --params {input.params}"
         " --out {output} {params.save_dir} {params.max_images} {params.crop}"
-        " --seed {params.seed} --device {params.device} {params.protocol} > {log} 2>&1"
+        " --seed {params.seed} --red-tol {params.red_tol} {params.budget_check}"
+        " --device {params.device} {params.protocol} > {log} 2>&1"

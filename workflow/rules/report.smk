@@ -36,6 +36,7 @@ rule tables:
         table1_html=report("results/table1.html", caption="../report/table1.rst", category="Tables"),
         table2_html=report("results/table2.html", caption="../report/table2.rst", category="Tables"),
         spread="results/spread.csv",
+        budget="results/budget_check.csv",
     params:
         methods=ALL_METHODS,
         eval_dir=lambda w, input: Path(input.config).parent / "eval",
@@ -75,6 +76,7 @@ use rule tables as tables_extra with:
         table1_html="results/extra/table1.html",
         table2_html="results/extra/table2.html",
         spread="results/extra/spread.csv",
+        budget="results/extra/budget_check.csv",
     params:
         methods=lambda w: extra_target_methods(),
     log:
