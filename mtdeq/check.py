@@ -5,7 +5,7 @@
 The allowed difference of each cell comes from ``<reference>/tolerance.yaml``, written with
 the measurement it came from (how far the cells moved when the same DAG ran under other SIMD
 kernels and thread counts): a ``default`` in dB, optionally overridden per table (``tables``)
-and per method key (``rows``).  ``--tolerance`` replaces all of them by one value; without
+and per method key (``rows``: one value, or one per table, e.g. ``proposed: {table1: 0.75}``).  ``--tolerance`` replaces all of them by one value; without
 either, 0.05 dB.
 
 When a cell fails, the check also says where the two runs part: the tables' provenance
@@ -114,7 +114,8 @@ def our_cells(path: Path) -> dict[tuple[str, str], float]:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Allowed |ours - reference| in dB: per method key, else per table, else the default."""
+    """Allowed |ours - reference| in dB: per method key (one value, or one per table), else per table,
+    else the default."""
 
     default: float
     tables: dict
@@ -122,7 +123,9 @@ class Tolerance:
     source: str
 
     def of(self, table: str, method: str) -> float:
-        return float(self.rows.get(method, self.tables.get(table, self.default)))
+        fallback = self.tables.get(table, self.default)
+        row = self.rows.get(method, fallback)
+        return float(row.get(table, fallback) if isinstance(row, dict) else row)
 
 
 def load_tolerance(reference: Path, override: float | None) -> Tolerance:
@@ -144,7 +147,10 @@ def load_tolerance(reference: Path, override: float | None) -> Tolerance:
     if unknown:
         raise CheckError(f"{path}: unknown key(s) {unknown}; expected default, tables, rows, measured")
     tables, rows = spec.get("tables") or {}, spec.get("rows") or {}
-    for key, value in [("default", spec["default"]), *tables.items(), *rows.items()]:
+    values = [("default", spec["default"]), *tables.items()]
+    for method, value in rows.items():  # a number, or {table: number}
+        values += [(f"{method}.{t}", v) for t, v in value.items()] if isinstance(value, dict) else [(method, value)]
+    for key, value in values:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise CheckError(f"{path}: tolerance {key}: {value!r} is not a number >= 0 (dB)")
     return Tolerance(float(spec["default"]), dict(tables), dict(rows), str(path))

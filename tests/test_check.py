@@ -145,6 +145,10 @@ def test_reference_tolerance_file_is_the_default_and_per_row_values_apply(blesse
     assert "tolerance.yaml" in out and "9/9" in out
     (blessed / "tolerance.yaml").write_text("default: 0.15\nrows: {proposed: 0.2}\n")
     assert run_check(blessed, results) == 1  # the per-row value is the limit for Proposed
+    (blessed / "tolerance.yaml").write_text("default: 0.05\nrows: {proposed: {table1: 0.35}}\n")
+    assert run_check(blessed, results) == 1  # gauss blur1.6 (+0.1) is held to the default
+    (blessed / "tolerance.yaml").write_text("default: 0.15\nrows: {proposed: {table1: 0.35, table2: 0.01}}\n")
+    assert run_check(blessed, results) == 0
     (blessed / "tolerance.yaml").write_text("default: 0.05\ntables: {table1: 0.35}\n")
     assert run_check(blessed, results) == 0  # both shifted cells are Table I cells
     assert run_check(blessed, results, 0.05) == 1  # --tolerance overrides the file
@@ -154,6 +158,7 @@ def test_reference_tolerance_file_is_the_default_and_per_row_values_apply(blesse
     ("rows: {gauss: 0.1}\n", "'default'"),
     ("default: -0.1\n", "not a number >= 0"),
     ("default: 0.1\nrow: {gauss: 0.1}\n", "unknown key"),
+    ("default: 0.1\nrows: {gauss: {table1: x}}\n", "gauss.table1"),
     ("default: [0.1\n", "not valid YAML"),
 ])
 def test_bad_tolerance_file_is_an_error_naming_the_file(blessed, tmp_path, capsys, text, message):
