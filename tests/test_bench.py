@@ -76,3 +76,34 @@ def test_bench_train_is_registered():
 
     args = build_parser().parse_args(["bench", "train", "--config", "paper.yaml", "--assume-iters", "40"])
     assert args.func is run_bench and args.config == "paper.yaml" and args.assume_iters == 40.0
+
+
+def test_bench_denoise_identity_gives_the_noise_psnr_and_writes_the_csv(tmp_path):
+    import math
+
+    import pandas as pd
+    import torch
+
+    from conftest import write_synthetic_images, write_tiny_prior
+    from mtdeq.bench.denoise import DENOISE_COLUMNS, denoise_psnr
+    from mtdeq.cli import main
+
+    class Identity(torch.nn.Module):
+        def forward(self, x, sigma):
+            return x
+
+    images = [torch.full((1, 3, 64, 64), 0.5)]  # mid-grey: clipping never acts
+    sigma = 25 / 255
+    value = denoise_psnr(Identity(), images, sigma, seed=0, device=torch.device("cpu"))
+    assert value == pytest.approx(-20 * math.log10(sigma), abs=0.15)  # PSNR of the noise alone
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    write_synthetic_images(folder, 2, 24, 24)
+    prior = write_tiny_prior(tmp_path / "prior.pt")
+    out = tmp_path / "denoise.csv"
+    assert main(["bench", "denoise", "--priors", str(prior), "--images", str(folder), "--sigmas", "15", "50",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == DENOISE_COLUMNS and table["sigma_255"].tolist() == [15, 50]
+    assert (table["n_images"] == 2).all() and table["psnr"].notna().all()

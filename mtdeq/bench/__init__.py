@@ -3,6 +3,7 @@
     solvers     PnP-ADMM ms/iteration/MP and DEQ fixed-point iterations (mtdeq.bench.solvers)
     train       seconds per training step of both stages (mtdeq.bench.train); with --config the
                 projected CPU- and GPU-hours of a config's training runs (mtdeq.bench.projection)
+    denoise     Gaussian-denoising PSNR of a backbone at sigma 15/25/50 (mtdeq.bench.denoise)
 
 Adding a benchmark: put ``name: (add_args, run)`` in BENCHES, where ``add_args(parser)`` adds
 the arguments and ``run(args) -> int`` does the work; the first paragraph of ``run``'s
@@ -11,10 +12,12 @@ docstring is its line in ``bench --help``.
 
 from __future__ import annotations
 
+from mtdeq.bench.denoise import add_denoise_args, run_denoise
 from mtdeq.bench.solvers import add_solver_args, run_solvers
 from mtdeq.bench.train import add_bench_args, run_bench
 
-BENCHES = {"solvers": (add_solver_args, run_solvers), "train": (add_bench_args, run_bench)}
+BENCHES = {"solvers": (add_solver_args, run_solvers), "train": (add_bench_args, run_bench),
+           "denoise": (add_denoise_args, run_denoise)}
 
 
 def register(subparsers) -> None:
