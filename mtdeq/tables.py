@@ -307,6 +307,13 @@ def markdown_to_html(text: str, *, title: str) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+def _section(heading: str, intro: str, first: list[str], tasks: list[str], last: list[str]) -> list[str]:
+    """Markdown lines of a sub-section: heading, intro, and the header of a per-task table."""
+    columns = first + [TASK_LABELS.get(t, t) for t in tasks] + last
+    rule = "|---" * len(first) + "|" + "---:|" * (len(tasks) + len(last))
+    return ["", f"### {heading}", "", intro, "", "| " + " | ".join(columns) + " |", rule]
+
+
 def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lines: list[str],
                 spread: pd.DataFrame | None = None, budget: pd.DataFrame | None = None) -> str:
     """Markdown: header, ours (paper) table with bold best / underlined second, Δ table, spread (if any)."""
@@ -335,13 +342,10 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
             continue
         lines.append(f"| {row['method']} | " + " | ".join(deltas) + " |")
     if spread is not None and len(spread):
-        lines += [
-            "", f"### {title}: run-to-run spread (dB)", "",
-            "|Proposed − Proposed (seed s)|: the MTDEQ prior retrained with seed s, all else equal. "
-            "A difference between two rows smaller than this is within run-to-run noise.", "",
-            "| Seed | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " | max | mean |",
-            "|---|" + "---:|" * (len(tasks) + 2),
-        ]
+        lines += _section(f"{title}: run-to-run spread (dB)",
+                          "|Proposed − Proposed (seed s)|: the MTDEQ prior retrained with seed s, all else "
+                          "equal. A difference between two rows smaller than this is within run-to-run noise.",
+                          ["Seed"], tasks, ["max", "mean"])
         for seed, group in spread.groupby("seed", sort=True):
             value = dict(zip(group["task"], group["spread"]))
             cells = [_fmt(value.get(t, math.nan)) for t in tasks]
@@ -349,13 +353,9 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
                          + f" | {_fmt(group['spread'].max())} | {_fmt(group['spread'].mean())} |")
     budget = None if budget is None else budget[budget["task"].isin(tasks)]
     if budget is not None and len(budget):
-        lines += [
-            "", f"### {title}: iteration budget (dB)", "",
-            "Mean PSNR with the tuned K and with 2K iterations, ours; a small 2K − K means the "
-            "solver has settled.", "",
-            "| Method | K → 2K | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |",
-            "|---|---|" + "---:|" * len(tasks),
-        ]
+        lines += _section(f"{title}: iteration budget (dB)",
+                          "Mean PSNR with the tuned K and with 2K iterations, ours; a small 2K − K means the "
+                          "solver has settled.", ["Method", "K → 2K"], tasks, [])
         for method, group in budget.groupby("method", sort=False):
             cells = {row.task: row for row in group.itertuples(index=False)}
             label = next((r.label for r in ROWS if r.key == method), method)
