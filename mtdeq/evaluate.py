@@ -183,7 +183,6 @@ class EvalSettings:
 
 def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     """Restore every image of ``settings.images`` for one (method, task); write and return the CSV rows."""
-    import torch
     from tqdm import tqdm
 
     from mtdeq import tasks

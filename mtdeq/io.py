@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mtdeq.runtime import precision_name
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -195,7 +197,7 @@ def provenance(config: dict | None = None) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "precision": str(torch.get_default_dtype()).removeprefix("torch."),
+        "precision": precision_name(),
         "threads": torch.get_num_threads(),
         "env": {k: os.environ[k] for k in PORTABILITY_ENV if k in os.environ},
         "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -181,7 +181,6 @@ class TuneSettings:
 
 def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     """Score every grid candidate by the mean validation PSNR; write and return the candidate table."""
-    import torch
     from tqdm import tqdm
 
     from mtdeq import tasks
