@@ -9,7 +9,7 @@ the saved input image (y, or op.init(y) for SR) against the ground truth.
 The restored images come from ``<restored-dir>/<method>/<task>/<image>.png`` and the inputs
 from ``<restored-dir>/input/<task>/<image>.png`` (see mtdeq.evaluate).  The ground truth is
 read from --images and cropped as the evaluate stage did (centre crop --crop, then the
-task's --test-crop, mtdeq.tasks.Protocol.crop_truth).  A method without images gets an empty panel.
+task's --test-crop, mtdeq.tasks.crop_truth).  A method without images gets an empty panel.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from mtdeq.tasks import CROPS, TEST_PROTOCOL
 
 DEFAULT_ROWS = ("comp90=butterfly", "blur1.6=bird", "sr2_bicubic_n1=baby")
 ROW_TITLES = {
@@ -43,7 +45,7 @@ class FigureSettings:
     methods: tuple[str, ...] = ("red", "gauss", "proposed")
     crop: int | None = None
     scale: str | None = None
-    test_crop: str = "pnp-reg"  # the evaluate stage's --test-crop
+    test_crop: str = TEST_PROTOCOL.crop  # the evaluate stage's --test-crop
 
 
 def parse_row(text: str) -> tuple[str, str]:
@@ -63,15 +65,15 @@ def _find_image(folder: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{folder}: no image named {stem!r}")
 
 
-def ground_truth(images: str | Path, stem: str, task_name: str, crop: int | None, test_crop: str = "pnp-reg"):
+def ground_truth(images: str | Path, stem: str, task_name: str, crop: int | None,
+                 test_crop: str = TEST_PROTOCOL.crop):
     """The ground truth (3, H, W) as evaluate scored it: centre crop, then the task's --test-crop."""
     from mtdeq import tasks
     from mtdeq.evaluate import centre_crop
     from mtdeq.io import read_image
 
     x = centre_crop(read_image(_find_image(Path(images), stem)), crop)
-    protocol = tasks.Protocol(crop=test_crop)
-    return protocol.crop_truth(tasks.TEST_TASKS[task_name], x.unsqueeze(0))[0]
+    return tasks.crop_truth(tasks.TEST_TASKS[task_name], x.unsqueeze(0), test_crop)[0]
 
 
 def eval_psnr(eval_dir: Path, method: str, task: str, stem: str) -> float | None:
@@ -159,6 +161,6 @@ def register(subparsers) -> None:
     p.add_argument("--methods", nargs="+", default=["red", "gauss", "proposed"], help="restoration columns")
     p.add_argument("--crop", type=int, default=None, help="the --crop the evaluate stage used, if any")
     p.add_argument("--scale", default=None, help="scale name for the title")
-    p.add_argument("--test-crop", choices=("multiple", "pnp-reg"), default="pnp-reg",
-                   help="the --test-crop the evaluate stage used (default pnp-reg)")
+    p.add_argument("--test-crop", choices=CROPS, default=TEST_PROTOCOL.crop,
+                   help=f"the --test-crop the evaluate stage used (default {TEST_PROTOCOL.crop})")
     p.set_defaults(func=_run)

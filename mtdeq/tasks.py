@@ -166,6 +166,15 @@ def pnp_reg_crop_box(task: Task, height: int, width: int) -> tuple[int, int, int
     return round((height - h_crop) / 2), round((width - w_crop) / 2), h_crop, w_crop
 
 
+def crop_truth(task: Task, x: torch.Tensor, crop: str) -> torch.Tensor:
+    """Ground truth x (..., H, W) cropped by the rule ``crop`` (CROPS) for ``task`` (a view)."""
+    if crop == "multiple":
+        return crop_to_multiple(x, task.scale)
+    if crop == "pnp-reg":
+        return pnp_reg_crop(task, x)
+    raise ValueError(f"task {task.name!r}: crop must be one of {CROPS}, got {crop!r}")
+
+
 def pnp_reg_crop(task: Task, x: torch.Tensor) -> torch.Tensor:
     """PnP-ReG's test crop of x (..., H, W) for ``task`` (a view; see :func:`pnp_reg_crop_box`)."""
     top, left, h_crop, w_crop = pnp_reg_crop_box(task, *x.shape[-2:])
@@ -205,12 +214,7 @@ def degrade(task: Task, x_gt: torch.Tensor, *, seed: int, crop: str = "multiple"
         raise ValueError(f"degrade({task.name!r}): x_gt must have shape (B, 3, H, W), got {got}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"degrade({task.name!r}): seed must be an int >= 0, got {seed!r}")
-    if crop == "multiple":
-        x = crop_to_multiple(x_gt, task.scale)
-    elif crop == "pnp-reg":
-        x = pnp_reg_crop(task, x_gt)
-    else:
-        raise ValueError(f"degrade({task.name!r}): crop must be one of {CROPS}, got {crop!r}")
+    x = crop_truth(task, x_gt, crop)
     mask_seed = None
     if task.kind == "inpaint" and "seed" not in dict(task.params):
         mask_seed = _derive_seed(seed, "mask")
@@ -308,7 +312,7 @@ class Protocol:
 
     def crop_truth(self, task: Task, x: torch.Tensor) -> torch.Tensor:
         """The ground truth x (..., H, W) cropped as :meth:`degrade` crops it (a view)."""
-        return crop_to_multiple(x, task.scale) if self.crop == "multiple" else pnp_reg_crop(task, x)
+        return crop_truth(task, x, self.crop)
 
     def degrade(self, task: Task, x_gt: torch.Tensor, *, seed: int) -> Degraded:
         """:func:`degrade` under this protocol."""
