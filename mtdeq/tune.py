@@ -186,7 +186,7 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     from mtdeq import tasks
     from mtdeq.io import atomic_write_text, provenance
     from mtdeq.metrics import psnr
-    from mtdeq.models import load_prior
+    from mtdeq.models import for_inference, load_prior
 
     refuse_test_set(settings.images)
     if settings.task not in tasks.TEST_TASKS:
@@ -195,7 +195,7 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     grid = candidates(settings.method, settings.grid, task.sigma_noise)
     denoiser, _ = load_prior(settings.prior)
     device = resolve_device(settings.device)
-    denoiser = denoiser.to(device)
+    denoiser = for_inference(denoiser, device)
     images = load_test_images(settings.images, max_images=settings.max_images, crop=settings.crop)
     # degrade once: every candidate sees the same observations
     observed = [settings.protocol.degrade(task, x, seed=settings.seed + i) for i, (_, x) in enumerate(images)]

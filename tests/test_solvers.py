@@ -329,6 +329,21 @@ def test_red_converges_doubling_the_cap_changes_little():
     assert float((z_4x - z_2x).norm() / z_2x.norm()) < 1e-7
 
 
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+def test_red_snapshot_is_the_run_with_the_smaller_cap(tol):
+    """Cap 2K with a snapshot at K gives the results of caps K and 2K (the budget check's one run)."""
+    op, y, _ = red_inpaint_problem(batch=2)
+    k = 9 if tol == 0 else 400
+    z_2k, info = red(op=op, y=y, iterations=2 * k, tol=tol, snapshot_at=k, **RED_SETTINGS)
+    z_k, info_k = red(op=op, y=y, iterations=k, tol=tol, **RED_SETTINGS)
+    z_2k_alone, _ = red(op=op, y=y, iterations=2 * k, tol=tol, **RED_SETTINGS)
+    assert torch.equal(info.snapshot, z_k) and torch.equal(z_2k, z_2k_alone)
+    assert info.snapshot_iterations == info_k.iterations
+    assert not torch.equal(z_k, z_2k) if tol == 0 else info_k.converged
+    with pytest.raises(ValueError, match="snapshot_at"):
+        red(op=op, y=y, iterations=k, snapshot_at=k + 1, **RED_SETTINGS)
+
+
 @pytest.mark.parametrize("step", [1.0, 0.7])
 def test_red_stopped_images_are_frozen_and_batch_independent(step):
     op, y, _ = red_inpaint_problem(batch=3)

@@ -58,6 +58,8 @@ class RedInfo:
     converged: bool = False
     image_iterations: list[int] = field(default_factory=list)
     rel_change: list[float] = field(default_factory=list)
+    snapshot: Tensor | None = None
+    snapshot_iterations: int = 0
 
 
 def _per_image_norm(t: Tensor) -> Tensor:
@@ -76,6 +78,7 @@ def red(
     lam: float,
     step: float = 1.0,
     tol: float = 0.0,
+    snapshot_at: int | None = None,
     progress: bool = False,
 ) -> tuple[Tensor, RedInfo]:
     """RED fixed-point iterations from x_0 = op.init(y); returns (x (B, C, H, W), RedInfo).
@@ -86,7 +89,9 @@ def red(
 
     iterations: the number of iterations when ``tol = 0`` (default, the fixed-K scheme), else the
     cap.  tol: relative-change tolerance; each image stops once ||x_{k+1} - x_k|| / ||x_k|| < tol
-    and is then frozen (not evaluated again).  The denoiser is called as
+    and is then frozen (not evaluated again).  snapshot_at: also return (as ``info.snapshot``) the
+    estimate after that many iterations; the run with cap 2K and snapshot_at K gives the results of
+    caps K and 2K in one run, because the iteration has no memory beyond x_k.  The denoiser is called as
     ``denoiser(x, sigma_denoise)`` on the images still running, and the operator must be shared by
     the batch (``op.prox_l2`` is called on a subset of the rows of y).
 
@@ -102,6 +107,8 @@ def red(
         raise ValueError(f"red: step must be in (0, 1], got {step}")
     if not (tol >= 0 and math.isfinite(tol)):
         raise ValueError(f"red: tol must be a finite number >= 0, got {tol}")
+    if snapshot_at is not None and not 1 <= snapshot_at <= iterations:
+        raise ValueError(f"red: snapshot_at must be in [1, iterations={iterations}], got {snapshot_at}")
     start = time.perf_counter()
     x = op.init(y)
     batch = x.shape[0]
@@ -116,6 +123,7 @@ def red(
     image_iterations = torch.zeros(batch, dtype=torch.long)
     rel_change = torch.full((batch,), float("nan"), dtype=torch.float64)
     done = 0
+    snapshot, snapshot_iterations = None, 0
     steps = range(iterations)
     if progress:
         from tqdm import tqdm
@@ -140,10 +148,14 @@ def red(
             x[rows] = x_new
         if progress:
             steps.set_postfix(active=len(active), rel_change=f"{float(change.max()):.2e}")
+        if done == snapshot_at:
+            snapshot, snapshot_iterations = x.clone(), done
         if tol > 0:
             active = active[~(change < tol)]
             if len(active) == 0:
                 break
+    if snapshot_at is not None and snapshot is None:  # every image stopped on tol before snapshot_at
+        snapshot, snapshot_iterations = x.clone(), done
     converged = tol > 0 and len(active) == 0
     info = RedInfo(
         iterations=done,
@@ -152,5 +164,7 @@ def red(
         converged=bool(converged),
         image_iterations=image_iterations.tolist(),
         rel_change=rel_change.tolist(),
+        snapshot=snapshot,
+        snapshot_iterations=snapshot_iterations,
     )
     return x, info
