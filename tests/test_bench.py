@@ -20,12 +20,15 @@ def test_bench_train_writes_csv(images, tmp_path, monkeypatch):
     add_bench_args(parser)
     out = tmp_path / "bench" / "train.csv"
     args = parser.parse_args(["--backbone", "drunet", "--nc", "8", "16", "32", "64", "--nb", "1", "--init", "none",
-                              "--train-dirs", str(images), "--crop", "16", "--batch-size", "1", "--n-tasks", "1",
+                              "--train-dirs", str(images), "--crop", "16", "--batch-size", "1", "--n-tasks", "2",
                               "--steps", "1", "--max-iter", "5", "--threads", "1", "--out", str(out)])
     assert run_bench(args) == 0
     rows = list(csv.DictReader(out.open()))
-    assert [(r["stage"], r["solver"]) for r in rows] == [("train-deq", "plain"), ("train-deq", "anderson"),
-                                                         ("pretrain-denoiser", "")]
+    assert [(r["stage"], r["solver"], r["batch_tasks"]) for r in rows] == [
+        ("train-deq", "plain", "False"), ("train-deq", "plain", "True"),
+        ("train-deq", "anderson", "False"), ("train-deq", "anderson", "True"), ("pretrain-denoiser", "", "")]
+    # side by side on the same crops, tasks and noise: the same fixed-point work in both modes
+    assert rows[0]["fp_iter_mean"] == rows[1]["fp_iter_mean"] and rows[2]["fp_iter_mean"] == rows[3]["fp_iter_mean"]
     assert all(float(r["seconds_per_step"]) > 0 for r in rows)
     assert 1 <= float(rows[0]["fp_iter_mean"]) <= 5
 

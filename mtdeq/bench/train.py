@@ -1,7 +1,8 @@
 """``bench train``: seconds per training step of both stages -> results/bench/train.csv.
 
 For one model size and crop: seconds per Algorithm 1 step (``mtdeq.train.deq.deq_step``) with the
-plain and the Anderson fixed-point solver, with the mean and largest fixed-point iteration counts
+plain and the Anderson fixed-point solver, each with one solve per task and with the N solves
+stacked (``--batch-tasks``), with the mean and largest fixed-point iteration counts
 and the share of converged / diverged solves, and seconds per ``pretrain-denoiser`` step; each
 after one untimed warm-up step.  Without --config the defaults are the quick scale's FFDNet prior
 (BENCH_DEFAULTS); with --config the run is the paper-scale projection of mtdeq.bench.projection
@@ -26,7 +27,7 @@ from mtdeq.runtime import resolve_device
 from mtdeq.train.loop import open_dataset, step_generator
 from mtdeq.train.state import fmt_cell
 
-BENCH_COLUMNS = ["stage", "solver", "backbone", "nc", "nb", "init", "crop", "batch_size", "n_tasks", "max_iter",
+BENCH_COLUMNS = ["stage", "solver", "batch_tasks", "backbone", "nc", "nb", "init", "crop", "batch_size", "n_tasks", "max_iter",
                  "threads", "device", "steps", "seconds_per_step", "fp_iter_mean", "fp_iter_max",
                  "pct_converged", "pct_diverged", "git_commit"]
 
@@ -76,6 +77,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--max-iter", type=int, default=None)
     p.add_argument("--solvers", nargs="+", choices=("plain", "anderson"), default=None)
+    p.add_argument("--batch-tasks", nargs="+", choices=("off", "on"), default=["off", "on"],
+                   help="time the step with one solve per task (off), the N solves stacked into one (on), or "
+                        "both side by side (default); the same crops, tasks and noise for each")
     p.add_argument("--task-set", default="mtdeq")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
@@ -85,13 +89,43 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                                                  "results/bench/paper_projection.csv with --config)")
 
 
+def _time_deq_steps(args, base, data, device, common: dict, solver: str, batch_tasks: bool) -> dict:
+    """Seconds per Algorithm 1 step (after one untimed warm-up step) and the fixed-point statistics."""
+    from mtdeq.tasks import TASK_SETS
+
+    cfg = DEQTrainConfig(out="bench", init="bench", train_dirs=tuple(args.train_dirs), task_set=args.task_set,
+                         n_tasks=args.n_tasks, crop=args.crop, batch_size=args.batch_size, lr=args.lr,
+                         eta=args.eta, tol=args.tol, max_iter=args.max_iter, solver=solver, seed=args.seed,
+                         batch_tasks=batch_tasks)
+    model = copy.deepcopy(base).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    seconds, its, status = [], [], []
+    for step in range(0, args.steps + 1):  # step 0: warm-up, not timed
+        g = step_generator(args.seed, step)
+        x = data.sample_batch(g, args.batch_size).to(device)
+        tasks = [TASK_SETS[args.task_set].sample(g) for _ in range(args.n_tasks)]
+        t0 = time.perf_counter()
+        stats = deq_step(model, optimizer, x, tasks, g, cfg)
+        if step > 0:
+            seconds.append(time.perf_counter() - t0)
+            its += stats.iterations
+            status += stats.status
+    n = max(len(status), 1)
+    row = {**common, "stage": "train-deq", "solver": solver, "batch_tasks": batch_tasks,
+           "seconds_per_step": float(np.mean(seconds)), "fp_iter_mean": float(np.mean(its)), "fp_iter_max": max(its),
+           "pct_converged": 100 * status.count("converged") / n, "pct_diverged": 100 * status.count("diverged") / n}
+    print(f"train-deq {solver} batch-tasks {'on' if batch_tasks else 'off'}: {row['seconds_per_step']:.2f} s/step, "
+          f"fixed-point iterations mean {row['fp_iter_mean']:.1f} max {row['fp_iter_max']}, converged "
+          f"{row['pct_converged']:.0f}%", flush=True)
+    return row
+
+
 def run_bench(args) -> int:
     """Seconds per MTDEQ step (plain and Anderson, with mean fixed-point iterations) and per
     denoiser step, for one model size and crop; writes args.out (CSV).  With --config: the
     projected CPU- and GPU-hours of that config's training runs."""
     from mtdeq.io import atomic_write_text, provenance
     from mtdeq.models import BackboneConfig, build_backbone, load_prior
-    from mtdeq.tasks import TASK_SETS
 
     if args.config:
         return run_projection(args)
@@ -113,30 +147,8 @@ def run_bench(args) -> int:
                   git_commit=provenance()["git_commit"])
     rows = []
     for solver in args.solvers:
-        cfg = DEQTrainConfig(out="bench", init="bench", train_dirs=tuple(args.train_dirs), task_set=args.task_set,
-                             n_tasks=args.n_tasks, crop=args.crop, batch_size=args.batch_size, lr=args.lr,
-                             eta=args.eta, tol=args.tol, max_iter=args.max_iter, solver=solver, seed=args.seed)
-        model = copy.deepcopy(base).to(device).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        seconds, its, status = [], [], []
-        for step in range(0, args.steps + 1):  # step 0: warm-up, not timed
-            g = step_generator(args.seed, step)
-            x = data.sample_batch(g, args.batch_size).to(device)
-            tasks = [TASK_SETS[args.task_set].sample(g) for _ in range(args.n_tasks)]
-            t0 = time.perf_counter()
-            stats = deq_step(model, optimizer, x, tasks, g, cfg)
-            if step > 0:
-                seconds.append(time.perf_counter() - t0)
-                its += stats.iterations
-                status += stats.status
-        n = max(len(status), 1)
-        rows.append({**common, "stage": "train-deq", "solver": solver, "seconds_per_step": float(np.mean(seconds)),
-                     "fp_iter_mean": float(np.mean(its)), "fp_iter_max": max(its),
-                     "pct_converged": 100 * status.count("converged") / n,
-                     "pct_diverged": 100 * status.count("diverged") / n})
-        print(f"train-deq {solver}: {rows[-1]['seconds_per_step']:.2f} s/step, fixed-point iterations mean "
-              f"{rows[-1]['fp_iter_mean']:.1f} max {rows[-1]['fp_iter_max']}, converged "
-              f"{rows[-1]['pct_converged']:.0f}%", flush=True)
+        for stacked in args.batch_tasks:
+            rows.append(_time_deq_steps(args, base, data, device, common, solver, stacked == "on"))
     dcfg = DenoiserTrainConfig(out="bench", train_dirs=tuple(args.train_dirs), backbone=args.backbone,
                                nc=tuple(args.nc), nb=args.nb, crop=args.crop, batch_size=args.batch_size,
                                steps=1, lr=args.lr)

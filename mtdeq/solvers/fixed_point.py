@@ -64,12 +64,33 @@ def fb_map(op, y, denoiser, eta: float = 0.49, sigma_denoise=0.0) -> Callable:
         rows = torch.arange(batch) if idx is None else idx.cpu()
         sigma = sigma_all[rows].to(device=z.device, dtype=z.dtype)
         if per_image:
-            grad = torch.cat([op[int(i)].data_grad(z[k : k + 1], y[int(i)]) for k, i in enumerate(rows)])
+            grad = _grouped_data_grad(op, y, z, rows.tolist())
         else:
             grad = op.data_grad(z, y if idx is None else y[idx.to(y.device)])
         return denoiser(z - eta * grad, sigma)  # Eq. (3)
 
     return f
+
+
+def _grouped_data_grad(ops, ys, z: Tensor, rows: list[int]) -> Tensor:
+    """A_i^T(A_i z_k - y_i) for the images ``rows`` (z row k is image rows[k]).
+
+    Images that share one operator object (the B images of one task in a stacked multi-task
+    solve) go through it in one batched call; the rows then return to z's order.
+    """
+    groups: dict[int, list[int]] = {}
+    for k, i in enumerate(rows):
+        groups.setdefault(id(ops[i]), []).append(k)
+    if len(groups) == len(rows):  # every image has its own operator
+        return torch.cat([ops[i].data_grad(z[k : k + 1], ys[i]) for k, i in enumerate(rows)])
+    parts, order = [], []
+    for ks in groups.values():
+        op = ops[rows[ks[0]]]
+        y = torch.cat([ys[rows[k]] for k in ks])
+        parts.append(op.data_grad(z[torch.tensor(ks, device=z.device)], y))
+        order += ks
+    inverse = torch.argsort(torch.tensor(order)).to(z.device)
+    return torch.cat(parts)[inverse]
 
 
 @dataclass

@@ -102,6 +102,9 @@ def register(subparsers) -> None:
     q.add_argument("--diverge-at", type=float, default=e.diverge_at,
                    help="a solve diverged when |z| exceeds this")
     q.add_argument("--solver", choices=("plain", "anderson"), default=e.solver, help="fixed-point method")
+    q.add_argument("--batch-tasks", action=argparse.BooleanOptionalAction, default=e.batch_tasks,
+                   help="solve the N tasks of a step as one stacked batch of N*B images (one denoiser call "
+                        "per iteration; each image keeps its own stopping rule); default: one solve per task")
     q.add_argument("--val-task", default=None,
                    help=f"test task of the validation PSNR (default per task set: {VAL_TASK_FOR_SET})")
     add_protocol_args(q, test=False)

@@ -71,6 +71,7 @@ class DEQTrainConfig:
     max_iter: int = 350
     diverge_at: float = 1e10
     solver: str = "plain"
+    batch_tasks: bool = False  # stack the N solves of a step into one (mtdeq.train.deq.solve_tasks)
     seed: int = 0
     log_csv: str | None = None
     checkpoint_every: int = 0

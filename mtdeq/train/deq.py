@@ -24,7 +24,9 @@ Algorithm 1 of the paper, and where each line lives here (B crops per mini-batch
 
 The N tasks are shared by the B images of a mini-batch (each image still sees N different
 degradations per step, as in Algorithm 1); sharing them lets one batched fixed-point solve
-serve all B images.  ``st_comp`` and ``st_sr`` are the same trainer with other task sets.
+serve all B images.  With ``batch_tasks`` the N solves of a step are stacked into one solve of
+N*B images (grouped by image size), each image keeping its own operator, Anderson history and
+stopping rule: one denoiser call per iteration instead of N, and one backward pass.  ``st_comp`` and ``st_sr`` are the same trainer with other task sets.
 Resume, data parallelism and mixed precision: mtdeq.train.state, .distributed, .amp (devices:
 mtdeq.runtime).
 """
@@ -184,24 +186,30 @@ def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Ge
     stats = DEQStepStats(step=0, loss=None, tasks=list(tasks))
     rows = dist.rows(x.shape[0]) if dist.enabled else None
     device = next(model.parameters()).device
+    # one noise seed per task, drawn in task order (the same draws in both modes)
+    seeds = [int(torch.randint(2**62, (1,), generator=generator)) for _ in tasks]
+    groups = task_groups(tasks, x, cfg) if cfg.batch_tasks else [[t] for t in range(len(tasks))]
     loss_sum = 0.0
-    per_task = []  # (iterations, status) of this rank's images, per task
-    for t, task in enumerate(tasks):  # "for i = 1, ..., N"
-        last = t == len(tasks) - 1
+    outcomes: dict[int, TaskOutcome] = {}
+    for g, members in enumerate(groups):  # "for i = 1, ..., N" (a group of tasks solved as one batch)
+        last = g == len(groups) - 1
         sync = model.no_sync() if dist.enabled and not last else contextlib.nullcontext()
         with sync:
             with autocast(device, amp):
-                o = solve_task(model, x, task, generator, cfg, rows=rows)
-            per_task.append((o.iterations, o.status))
+                solved = solve_tasks(model, x, [tasks[t] for t in members], [seeds[t] for t in members], cfg,
+                                     rows=rows)
+            outcomes.update(zip(members, solved))
+            valid = [o.per_image_loss[o.valid] for o in solved if o.valid.any()]
             total = None
-            if o.valid.any():
-                total = o.per_image_loss[o.valid].sum()
+            if valid:
+                total = torch.cat(valid).sum()
             elif dist.enabled and last:  # join DDP's all-reduce with exact zeros (no 0 * inf from invalid rows)
                 total = sum(p.sum() for p in model.parameters()) * 0.0
             if total is not None:
                 total.backward()  # JFB (Eq. 4): d L_i / d theta through the one application of f_i
                 loss_sum += float(total.detach())
-                stats.n_valid += int(o.valid.sum())
+                stats.n_valid += sum(int(o.valid.sum()) for o in solved)
+    per_task = [(outcomes[t].iterations, outcomes[t].status) for t in range(len(tasks))]
     if dist.enabled:
         n_valid, loss_sum = all_reduce([stats.n_valid, loss_sum], dist, device)
         stats.n_valid = int(round(n_valid))
@@ -229,36 +237,76 @@ def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Ge
     return stats
 
 
-# --------------------------------------------------------------------------- one task: y_i, z_i, L_i
+# --------------------------------------------------------------------------- tasks: y_i, z_i, L_i
+def task_groups(tasks: list, x: torch.Tensor, cfg: DEQTrainConfig) -> list[list[int]]:
+    """Indices of the tasks whose estimates have one shape, in task order (one stacked solve each).
+
+    SR crops x to a multiple of its factor (a 64-pixel crop is 63 pixels for x3), so the N tasks
+    form at most a few groups of equal image size.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for t, task in enumerate(tasks):
+        groups.setdefault(tuple(cfg.protocol.crop_truth(task, x).shape), []).append(t)
+    return list(groups.values())
+
+
 def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DEQTrainConfig,
                rows: slice | None = None) -> TaskOutcome:
-    """The body of Algorithm 1's loop over i for one task on a batch x (B, 3, H, W).
+    """One task alone (:func:`solve_tasks`), its noise seed drawn from ``generator``."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return solve_tasks(model, x, [task], [seed], cfg, rows=rows)[0]
 
-    y = A x + sigma_noise eps through ``mtdeq.tasks.degrade`` (the test-time noise model: SR crops
-    x to the scale multiple, inpainting masks the noise) with a seed drawn from ``generator``;
-    z* = fixed point of Eq. (3) from op.init(y) with sigma_denoise = eta sigma_noise (no autograd);
-    out = f(z*) with autograd (JFB); per-image loss mean((out - x)^2).  An image is valid when its
-    solve did not diverge and its loss is finite.  The whole batch is degraded (the noise of an
-    image does not depend on how the batch is split); only ``rows`` (None: all) are solved.
+
+def solve_tasks(model, x: torch.Tensor, tasks: list, seeds: list[int], cfg: DEQTrainConfig,
+                rows: slice | None = None) -> list[TaskOutcome]:
+    """The body of Algorithm 1's loop over i for tasks of one image size, on a batch x (B, 3, H, W).
+
+    For each task, y = A x + sigma_noise eps through ``mtdeq.tasks.degrade`` (the test-time noise
+    model: SR crops x to the scale multiple, inpainting masks the noise) with its seed; z* = fixed
+    point of Eq. (3) from op.init(y) with sigma_denoise = eta sigma_noise (no autograd); out = f(z*)
+    with autograd (JFB); per-image loss mean((out - x)^2).  An image is valid when its solve did not
+    diverge and its loss is finite.  The whole batch is degraded (the noise of an image does not
+    depend on how the batch is split); only ``rows`` (None: all) are solved.
+
+    One task is one batched solve of B images.  Several tasks are stacked into one solve of T*B
+    images: one denoiser call per iteration for all of them, each image with its own operator,
+    noise level, Anderson history and stopping rule, so each image follows its own trajectory
+    (the same as when solved alone, up to floating-point rounding of the batched convolutions).
     """
     from mtdeq.solvers import fb_map, fixed_point, jfb_output
-    # y_i <- A_i(x) + eps_i
-    noise_seed = int(torch.randint(2**62, (1,), generator=generator))
-    deg = cfg.protocol.degrade(task, x, seed=noise_seed)
-    op, y, x = deg.op, deg.y, deg.x_gt
-    if rows is not None:  # the operators are batch-independent: only y and x are split
-        y, x = y[rows], x[rows]
-    # f_i(z) = Q_theta(z - eta A_i^T(A_i z - y_i), eta sigma_i)                          (Eq. 3)
-    f = fb_map(op, y, model, eta=cfg.eta, sigma_denoise=cfg.eta * task.sigma_noise)
+
+    ops, ys, xs, sigmas = [], [], [], []
+    for task, seed in zip(tasks, seeds):
+        deg = cfg.protocol.degrade(task, x, seed=seed)  # y_i <- A_i(x) + eps_i
+        y, x_gt = deg.y, deg.x_gt
+        if rows is not None:  # the operators are batch-independent: only y and x are split
+            y, x_gt = y[rows], x_gt[rows]
+        ops.append(deg.op)
+        ys.append(y)
+        xs.append(x_gt)
+        sigmas.append(cfg.eta * task.sigma_noise)
+    batch = xs[0].shape[0]
+    if len(tasks) == 1:  # f_i(z) = Q_theta(z - eta A_i^T(A_i z - y_i), eta sigma_i)             (Eq. 3)
+        f = fb_map(ops[0], ys[0], model, eta=cfg.eta, sigma_denoise=sigmas[0])
+    else:  # the stacked map: image t*B + b is image b under task t
+        f = fb_map([op for op in ops for _ in range(batch)], [y[b : b + 1] for y in ys for b in range(batch)],
+                   model, eta=cfg.eta, sigma_denoise=torch.tensor(sigmas).repeat_interleave(batch))
     # z_i <- P(y_i); while 1/d ||z_i - f_i(z_i)||^2 >= tol: z_i <- f_i(z_i)   (no autograd)
-    z_star, info = fixed_point(f, op.init(y), tol=cfg.tol, max_iter=cfg.max_iter, diverge_at=cfg.diverge_at,
+    z0 = torch.cat([op.init(y) for op, y in zip(ops, ys)])
+    z_star, info = fixed_point(f, z0, tol=cfg.tol, max_iter=cfg.max_iter, diverge_at=cfg.diverge_at,
                                method=cfg.solver)
     # L_i <- 1/d ||f_i(z_i) - x||^2, with autograd through this one application of f_i   (JFB, Eq. 4)
     out = jfb_output(f, z_star.detach())
-    per_image = (out - x).pow(2).flatten(1).mean(dim=1)
-    not_diverged = torch.tensor([s != "diverged" for s in info.status], device=per_image.device)
-    valid = not_diverged & torch.isfinite(per_image).detach()
-    return TaskOutcome(task, per_image, valid, info.iterations.tolist(), list(info.status))
+    per_image = (out - torch.cat(xs)).pow(2).flatten(1).mean(dim=1)
+    outcomes = []
+    for t, task in enumerate(tasks):
+        span = slice(t * batch, (t + 1) * batch)
+        status = list(info.status[span])
+        not_diverged = torch.tensor([s != "diverged" for s in status], device=per_image.device)
+        loss = per_image[span]
+        valid = not_diverged & torch.isfinite(loss).detach()
+        outcomes.append(TaskOutcome(task, loss, valid, info.iterations[span].tolist(), status))
+    return outcomes
 
 
 # --------------------------------------------------------------------------- validation and summary

@@ -29,6 +29,7 @@ rule train_deq:
         max_iter=DEQ["max_iter"],
         diverge_at=DEQ["diverge_at"],
         solver=DEQ["solver"],
+        batch_tasks="--batch-tasks" if DEQ["batch_tasks"] else "--no-batch-tasks",
         seed=lambda w: prior_seed(w.prior),
         checkpoint_every=DEQ["checkpoint_every"],
         val_dir=config["data"]["val_set"],
@@ -54,7 +55,7 @@ rule train_deq:
         " --crop {params.crop} --batch-size {params.batch_size} --steps {params.steps}"
         " --lr {params.lr} --lr-step {params.lr_step} --lr-gamma {params.lr_gamma}"
         " --eta {params.eta} --tol {params.tol} --max-iter {params.max_iter}"
-        " --diverge-at {params.diverge_at} --solver {params.solver} --seed {params.seed}"
+        " --diverge-at {params.diverge_at} --solver {params.solver} {params.batch_tasks} --seed {params.seed}"
         " --log-csv {log.csv} --checkpoint-every {params.checkpoint_every}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
         " --threads {threads} --device {params.device} {params.protocol} > {log.stdout} 2>&1"
