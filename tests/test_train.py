@@ -6,6 +6,7 @@ Everything runs on CPU with a tiny DRUNet (nc 8 16 32 64, nb 1) on synthetic ima
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -255,6 +256,30 @@ def test_a_finished_run_leaves_no_resume_state(images, prior, tmp_path):
     cfg = _cfg(images, prior, tmp_path, steps=2, max_iter=2, checkpoint_every=1)
     train_deq(cfg, quiet=True)
     assert Path(cfg.out).is_file() and not Path(cfg.out + ".ckpt").exists()
+
+
+def test_budgets_of_one_run_share_a_state_and_equal_the_straight_run(images, prior, tmp_path):
+    """--state: the 4-step budget resumes the kept state of the 2-step budget and ends with the
+    weights of an uninterrupted 4-step run; a state past the requested steps is not used."""
+    shared = str(tmp_path / "run.ckpt")
+    short = _cfg(images, prior, tmp_path, steps=2, max_iter=3, out=str(tmp_path / "m2.pt"), state=shared)
+    long = dataclasses.replace(short, steps=4, out=str(tmp_path / "m4.pt"))
+    train_deq(short, quiet=True)
+    assert Path(shared).is_file() and torch.load(shared, weights_only=False)["step"] == 2  # kept
+    totals = train_deq(long, quiet=True)
+    straight = dataclasses.replace(long, out=str(tmp_path / "straight.pt"), state=None)
+    train_deq(straight, quiet=True)
+    a, b = torch.load(long.out, weights_only=True), torch.load(straight.out, weights_only=True)
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert totals["solves"] == 4 * 2 * 2 and a["totals"] == b["totals"]
+    model, _ = load_prior(prior)
+    optimizer = torch.optim.Adam(model.parameters(), lr=short.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[])
+    messages = []
+    start, _ = load_train_state(Path(shared), stage="train-deq", cfg=short, model=model, optimizer=optimizer,
+                                scheduler=scheduler, log=messages.append, init_sha256=init_fingerprint(short))
+    assert start == 0 and "past this run's 2 steps" in messages[-1]
 
 
 def _pickled_modules(path: Path) -> set[str]:

@@ -56,6 +56,10 @@ def _add_common_train_args(p: argparse.ArgumentParser, defaults: _Defaults) -> N
     p.add_argument("--log-csv", default=None, help="per-step CSV log")
     p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
                    help="write the resume state every K steps (and always at the end); 0: only at the end")
+    p.add_argument("--state", default=None,
+                   help="resume state to share between runs of one trajectory that differ only in --steps/--out/"
+                        "--log-csv (kept after the run: a longer budget resumes from it); default <out>.ckpt, "
+                        "removed once the run ends")
     p.add_argument("--val-dir", default=None, help="folder whose first --val-images images give centre crops "
                    "for the validation PSNR")
     p.add_argument("--val-every", type=int, default=defaults.val_every,

@@ -35,6 +35,7 @@ class DenoiserTrainConfig:
     seed: int = 0
     log_csv: str | None = None
     checkpoint_every: int = 0
+    state: str | None = None  # resume state shared by the budgets of one run (None: <out>.ckpt)
     val_dir: str | None = None
     val_every: int = 100
     val_images: int = 4
@@ -75,6 +76,7 @@ class DEQTrainConfig:
     seed: int = 0
     log_csv: str | None = None
     checkpoint_every: int = 0
+    state: str | None = None  # resume state shared by the budgets of one run (None: <out>.ckpt)
     val_dir: str | None = None
     val_task: str | None = None  # None: mtdeq.train.deq.VAL_TASK_FOR_SET[task_set]
     val_every: int = 100

@@ -80,7 +80,7 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones),
                                                      gamma=cfg.lr_gamma)
-    ckpt = state_path(cfg.out)
+    ckpt = state_path(cfg)
     init_sha = init_fingerprint(cfg)  # once per run: the weights this run starts from
     start, totals = (0, {})
     if resume and cfg.steps > 0:

@@ -113,7 +113,7 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     else:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[], gamma=cfg.lr_gamma)
-    ckpt = state_path(cfg.out)
+    ckpt = state_path(cfg)
     init_sha = init_fingerprint(cfg)  # once per run: the weights this run starts from
     start, totals = (0, {})
     if resume:

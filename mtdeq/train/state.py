@@ -71,9 +71,15 @@ def fmt_cell(v):
     return v
 
 
-def state_path(out: str) -> Path:
-    """Where the resume state of a run writing ``out`` lives: ``<out>.ckpt``."""
-    return Path(str(out) + ".ckpt")
+# Settings that say where a run writes and how far it goes, not what each step computes: a state
+# written under other values of these is a prefix of this run's trajectory (the budget target trains
+# 100, then 400, then 1600 steps of one run from one shared --state).
+TRAJECTORY_NEUTRAL = ("out", "steps", "log_csv", "state", "checkpoint_every")
+
+
+def state_path(cfg) -> Path:
+    """Where the resume state of a run lives: ``cfg.state`` (shared, kept), else ``<cfg.out>.ckpt``."""
+    return Path(cfg.state) if getattr(cfg, "state", None) else Path(str(cfg.out) + ".ckpt")
 
 
 def init_fingerprint(cfg) -> str | None:
@@ -122,8 +128,8 @@ def load_train_state(path: Path, *, stage, cfg, model, optimizer, scheduler, log
                      init_sha256: str | None) -> tuple[int, dict]:
     """Restore a resume state written by the same stage and config; returns (step, totals).
 
-    A missing file, or one written with another stage or config (the differing keys are
-    printed), means a fresh start: (0, {}).
+    A missing file, one written with another stage or config (the differing keys are printed;
+    TRAJECTORY_NEUTRAL keys may differ) or one past ``cfg.steps`` means a fresh start: (0, {}).
     """
     if not path.exists():
         return 0, {}
@@ -132,12 +138,16 @@ def load_train_state(path: Path, *, stage, cfg, model, optimizer, scheduler, log
         log(f"{path}: not a {stage} resume state ({state.get('format')}, {state.get('stage')}); starting fresh")
         return 0, {}
     current = asdict(cfg)
-    differ = sorted(k for k in set(current) | set(state["config"]) if current.get(k) != state["config"].get(k))
+    differ = sorted(k for k in set(current) | set(state["config"])
+                    if k not in TRAJECTORY_NEUTRAL and current.get(k) != state["config"].get(k))
     if differ:
         log(f"{path}: written with another config (differs in {differ}); starting fresh")
         return 0, {}
     if state.get("init_sha256") != init_sha256:
         log(f"{path}: written for other initial weights ({cfg.init} has changed since); starting fresh")
+        return 0, {}
+    if int(state["step"]) > cfg.steps:
+        log(f"{path}: at step {state['step']}, past this run's {cfg.steps} steps; starting fresh")
         return 0, {}
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -165,11 +175,13 @@ def finish(stage, cfg, backbone, model, totals, dist: Dist) -> None:
     """Write the final model checkpoint (rank 0) once every rank is done, then drop the resume state.
 
     The state only serves an interrupted run; a finished one that is run again (Snakemake
-    reruns a job whose inputs or parameters changed) trains from the start.
+    reruns a job whose inputs or parameters changed) trains from the start.  An explicit
+    ``cfg.state`` is kept: a longer budget of the same run resumes from it.
     """
     if dist.is_main:
         _save_final(cfg, stage, model, backbone, cfg.steps, totals)
-        state_path(cfg.out).unlink(missing_ok=True)
+        if not cfg.state:
+            state_path(cfg).unlink(missing_ok=True)
     dump_rank_state(model, dist)
     dist.barrier()
 
