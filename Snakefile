@@ -5,6 +5,7 @@
 #   snakemake --configfile config/ci.yaml --cores 2 all       toy scale, a few minutes
 #   snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml all
 #   snakemake --cores 8 extra                                 labelled extras (own settings, seeds)
+#   snakemake --cores 2 budget                                the training-budget curve (hours)
 #
 # DAG: fetch -> pretrain_denoiser (Gauss prior) -> train_deq (mtdeq, st_comp, st_sr)
 #      and train_control (gauss_budget) -> tune_admm / tune_red on Set14 -> collect_tuned
@@ -36,6 +37,7 @@ include: "workflow/rules/denoiser.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/budget.smk"
 
 
 rule all:

@@ -23,6 +23,7 @@ STAGE_MODULES = (
     "mtdeq.figures",
     "mtdeq.summary",
     "mtdeq.check",
+    "mtdeq.budget",
     "mtdeq.bench",
 )
 

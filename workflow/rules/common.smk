@@ -148,3 +148,33 @@ def save_dir_option(scale, method, task):
     if task in FIG2_TASKS and method in methods:
         return f"--save-dir results/{scale}/restored/{method}/{task}"
     return ""
+
+
+# --- target `budget` (workflow/rules/budget.smk)
+BUDGET = config["budget"]
+BUDGET_STEPS = sorted(BUDGET["steps"])
+BUDGET_SPREAD = BUDGET["spread"]
+BUDGET_DIR = f"results/{SCALE}/budget"
+BUDGET_PRIOR = {"proposed": "mtdeq", "control": "gauss_budget"}  # budget label -> main-run prior
+BATCH_TASKS = "--batch-tasks" if BUDGET["batch_tasks"] else "--no-batch-tasks"
+
+
+def budget_previous(w):
+    """The model of the run's previous budget (the job that leaves the shared state behind), if any."""
+    earlier = [k for k in BUDGET_STEPS if k < int(w.steps)]
+    return [f"results/{w.scale}/budget/models/{w.method}_s{w.seed}_{earlier[-1]}.pt"] if earlier else []
+
+
+def budget_state(w):
+    return f"--state results/{w.scale}/budget/state/{w.method}_s{w.seed}.ckpt"
+
+
+def budget_evaluations():
+    """Every (method, seed, steps, settings) the curve needs, as eval CSV paths over the test tasks."""
+    runs = [(m, config["seed"], k, "gauss") for m in BUDGET_PRIOR for k in BUDGET_STEPS]
+    if BUDGET["own_settings"]:
+        runs += [(m, config["seed"], BUDGET_STEPS[-1], "own") for m in BUDGET_PRIOR]
+    if BUDGET_SPREAD["steps"]:
+        runs += [(m, BUDGET_SPREAD["seed"], BUDGET_SPREAD["steps"], "gauss") for m in BUDGET_PRIOR]
+    return [f"{BUDGET_DIR}/eval/{m}/s{s}/{k}/{settings}/{task}.csv"
+            for m, s, k, settings in runs for task in config["evaluate"]["tasks"]]

@@ -81,6 +81,7 @@ rule train_control:
         loss=config["control"]["loss"],
         seed=config["seed"],
         checkpoint_every=DEQ["checkpoint_every"],
+        state="",  # the budget target shares one resume state between the budgets of a run
         val_dir=config["data"]["val_set"],
         val_every=DEQ["val_every"],
         val_images=DEQ["val_images"],
@@ -104,6 +105,6 @@ rule train_control:
         " --crop {params.crop} --batch-size {params.batch_size} --steps {params.steps}"
         " --lr {params.lr} --lr-milestones {params.lr_milestones} --lr-gamma {params.lr_gamma}"
         " --sigma-min {params.sigma_min} --sigma-max {params.sigma_max} --loss {params.loss}"
-        " --seed {params.seed} --log-csv {log.csv} --checkpoint-every {params.checkpoint_every}"
+        " --seed {params.seed} --log-csv {log.csv} --checkpoint-every {params.checkpoint_every} {params.state}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
         " --threads {threads} --device {params.device} > {log.stdout} 2>&1"

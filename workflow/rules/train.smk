@@ -32,6 +32,7 @@ rule train_deq:
         batch_tasks="--batch-tasks" if DEQ["batch_tasks"] else "--no-batch-tasks",
         seed=lambda w: prior_seed(w.prior),
         checkpoint_every=DEQ["checkpoint_every"],
+        state="",  # the budget target shares one resume state between the budgets of a run
         val_dir=config["data"]["val_set"],
         val_every=DEQ["val_every"],
         val_images=DEQ["val_images"],
@@ -56,6 +57,6 @@ rule train_deq:
         " --lr {params.lr} --lr-step {params.lr_step} --lr-gamma {params.lr_gamma}"
         " --eta {params.eta} --tol {params.tol} --max-iter {params.max_iter}"
         " --diverge-at {params.diverge_at} --solver {params.solver} {params.batch_tasks} --seed {params.seed}"
-        " --log-csv {log.csv} --checkpoint-every {params.checkpoint_every}"
+        " --log-csv {log.csv} --checkpoint-every {params.checkpoint_every} {params.state}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
         " --threads {threads} --device {params.device} {params.protocol} > {log.stdout} 2>&1"

@@ -1,0 +1,113 @@
+"""Tests of the training-budget curve: mtdeq.budget (collect, margins, figure) and the `budget` DAG."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from mtdeq.budget import BUDGET_COLUMNS, MARGIN_COLUMNS, BudgetSettings, paper_margins, run
+
+PAPER = REPO / "results" / "paper" / "paper_tables.csv"
+TABLE1 = ["comp80", "comp90", "blur1.6", "blur2.0"]
+TABLE2 = ["sr2_bicubic_n0", "sr2_bicubic_n1", "sr2_gauss_n0", "sr2_gauss_n1",
+          "sr3_bicubic_n0", "sr3_bicubic_n1", "sr3_gauss_n0", "sr3_gauss_n1"]
+
+
+def _write(path, psnrs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"image": [f"im{i}" for i in range(len(psnrs))], "psnr": psnrs}).to_csv(path, index=False)
+
+
+def _layout(tmp_path, offsets):
+    """Gauss at 30 dB on every task; run (prior, seed, steps, settings) at 30 + offset(task)."""
+    gauss, runs = tmp_path / "gauss", tmp_path / "runs"
+    for task in TABLE1 + TABLE2:
+        _write(gauss / f"{task}.csv", [29.0, 31.0])
+    for (prior, seed, steps, settings), offset in offsets.items():
+        for task in TABLE1 + TABLE2:
+            delta = offset(task)
+            _write(runs / prior / f"s{seed}" / str(steps) / settings / f"{task}.csv", [29.0 + delta, 31.0 + delta])
+    return BudgetSettings(runs=str(runs), gauss_dir=str(gauss), paper=str(PAPER), out=str(tmp_path / "b.csv"),
+                          margins=str(tmp_path / "m.csv"), figure=str(tmp_path / "b.png"), seed=0, scale="test")
+
+
+def test_margins_are_mean_differences_and_win_counts(tmp_path):
+    # proposed: +0.5 on table I, -0.2 on table II at 100 steps; +1.0 everywhere at 400
+    # control: +0.1 on every task at both budgets
+    offsets = {
+        ("proposed", 0, 100, "gauss"): lambda t: 0.5 if t in TABLE1 else -0.2,
+        ("proposed", 0, 400, "gauss"): lambda t: 1.0,
+        ("control", 0, 100, "gauss"): lambda t: 0.1,
+        ("control", 0, 400, "gauss"): lambda t: 0.1,
+        ("proposed", 1, 100, "gauss"): lambda t: 0.3 if t in TABLE1 else -0.2,
+        ("control", 1, 100, "gauss"): lambda t: 0.1,
+    }
+    budget, margin = run(_layout(tmp_path, offsets))
+    assert list(budget.columns) == BUDGET_COLUMNS and list(margin.columns) == MARGIN_COLUMNS
+    gauss = budget[budget["prior"] == "gauss"]
+    assert len(gauss) == 12 and set(gauss["steps"]) == {0} and gauss["psnr"].eq(30.0).all()
+    assert len(budget) == 12 + 6 * 12
+
+    def m(steps, seed, table, comparison):
+        row = margin[(margin["steps"] == steps) & (margin["seed"] == seed) & (margin["table"] == table)
+                     & (margin["comparison"] == comparison)]
+        assert len(row) == 1
+        return float(row["mean_margin"].iloc[0]), int(row["wins"].iloc[0]), int(row["n_tasks"].iloc[0])
+
+    assert m(100, 0, "table1", "proposed-gauss") == pytest.approx((0.5, 4, 4))
+    assert m(100, 0, "table2", "proposed-gauss") == pytest.approx((-0.2, 0, 8))
+    assert m(100, 0, "table1", "proposed-control") == pytest.approx((0.4, 4, 4))
+    assert m(400, 0, "table2", "proposed-control") == pytest.approx((0.9, 8, 8))
+    assert m(400, 0, "table1", "control-gauss") == pytest.approx((0.1, 4, 4))
+    assert m(100, 1, "table1", "proposed-gauss") == pytest.approx((0.3, 4, 4))
+    assert (tmp_path / "b.png").stat().st_size > 10_000
+    written = pd.read_csv(tmp_path / "m.csv")
+    assert len(written) == len(margin)
+
+
+def test_paper_margin_is_the_mean_proposed_minus_gauss_per_table():
+    paper = pd.read_csv(PAPER)
+    t1 = paper[paper["table"] == "table1"].pivot_table(index="task", columns="method", values="psnr")
+    expected = float((t1["proposed"] - t1["gauss"]).mean())
+    assert paper_margins(PAPER)["table1"] == pytest.approx(expected)
+    assert set(paper_margins(PAPER)) == {"table1", "table2"}
+
+
+def test_bad_layouts_fail_clearly_and_write_nothing(tmp_path):
+    settings = _layout(tmp_path, {("proposed", 0, 100, "gauss"): lambda t: 0.0})
+    bad = tmp_path / "runs" / "proposed" / "s0" / "100" / "tuned" / "comp80.csv"
+    _write(bad, [30.0])
+    with pytest.raises(ValueError, match="settings in"):
+        run(settings)
+    assert not any((tmp_path / name).exists() for name in ("b.csv", "m.csv", "b.png"))
+    empty = BudgetSettings(runs=str(tmp_path / "none"), gauss_dir=settings.gauss_dir, paper=str(PAPER),
+                           out=settings.out, margins=settings.margins, figure=settings.figure)
+    with pytest.raises(FileNotFoundError, match="no budget evaluations"):
+        run(empty)
+
+
+def test_budget_target_trains_one_run_per_prior_and_seed_job_by_job():
+    """The DAG of `snakemake budget` at ci: each budget's job needs the previous budget's model and
+    shares the run's resume state; seed 1 stops at budget.spread.steps; own settings only at the
+    largest budget; the Gauss row is the main run's evaluation."""
+    out = subprocess.run([sys.executable, "-m", "snakemake", "budget", "-n", "-p", "--forceall",
+                          "--configfile", "config/ci.yaml"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + out.stdout
+    text = out.stdout + out.stderr
+    trains = re.findall(r"train-deq --out results/ci/budget/models/(proposed_s\d+_\d+)\.pt.*?--state (\S+)", text)
+    assert sorted(trains) == [("proposed_s0_4", "results/ci/budget/state/proposed_s0.ckpt"),
+                              ("proposed_s0_8", "results/ci/budget/state/proposed_s0.ckpt"),
+                              ("proposed_s1_4", "results/ci/budget/state/proposed_s1.ckpt")]
+    assert all("--batch-tasks" in line for line in text.splitlines() if "train-deq --out results/ci/budget" in line)
+    controls = re.findall(r"pretrain-denoiser --out results/ci/budget/models/(control_s\d+_\d+)\.pt", text)
+    assert sorted(controls) == ["control_s0_4", "control_s0_8", "control_s1_4"]
+    own = set(re.findall(r"--out results/ci/budget/eval/(\w+)/s(\d)/(\d+)/own/", text))
+    assert own == {("proposed", "0", "8"), ("control", "0", "8")}
+    evals = re.findall(r"--out results/ci/budget/eval/\S+\.csv", text)
+    assert len(evals) == (2 * 2 + 2 + 2) * 12  # 2 budgets x 2 priors, own at 8, seed 1 at 4
+    assert "--gauss-dir results/ci/eval/gauss" in text
