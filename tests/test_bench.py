@@ -21,7 +21,8 @@ def test_bench_train_writes_csv(images, tmp_path, monkeypatch):
     out = tmp_path / "bench" / "train.csv"
     args = parser.parse_args(["--backbone", "drunet", "--nc", "8", "16", "32", "64", "--nb", "1", "--init", "none",
                               "--train-dirs", str(images), "--crop", "16", "--batch-size", "1", "--n-tasks", "2",
-                              "--steps", "1", "--max-iter", "5", "--threads", "1", "--out", str(out)])
+                              "--steps", "1", "--max-iter", "5", "--threads", "1", "--out", str(out),
+                              "--variants", "per-task", "stacked"])
     assert run_bench(args) == 0
     rows = list(csv.DictReader(out.open()))
     assert [(r["stage"], r["solver"], r["batch_tasks"]) for r in rows] == [

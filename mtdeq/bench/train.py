@@ -1,8 +1,8 @@
 """``bench train``: seconds per training step of both stages -> results/bench/train.csv.
 
 For one model size and crop: seconds per Algorithm 1 step (``mtdeq.train.deq.deq_step``) with the
-plain and the Anderson fixed-point solver, each with one solve per task and with the N solves
-stacked (``--batch-tasks``), with the mean and largest fixed-point iteration counts
+plain and the Anderson fixed-point solver, each in the VARIANTS of the step (one solve per task or
+the N solves stacked, ``--batch-tasks``; default or channels-last weights), side by side, with the mean and largest fixed-point iteration counts
 and the share of converged / diverged solves, and seconds per ``pretrain-denoiser`` step; each
 after one untimed warm-up step.  Without --config the defaults are the quick scale's FFDNet prior
 (BENCH_DEFAULTS); with --config the run is the paper-scale projection of mtdeq.bench.projection
@@ -24,10 +24,10 @@ from mtdeq.train.config import DenoiserTrainConfig, DEQTrainConfig
 from mtdeq.train.denoiser import denoiser_loss
 from mtdeq.train.deq import deq_step
 from mtdeq.runtime import resolve_device
-from mtdeq.train.loop import open_dataset, step_generator
+from mtdeq.train.loop import memory_format, open_dataset, step_generator
 from mtdeq.train.state import fmt_cell
 
-BENCH_COLUMNS = ["stage", "solver", "batch_tasks", "backbone", "nc", "nb", "init", "crop", "batch_size", "n_tasks", "max_iter",
+BENCH_COLUMNS = ["stage", "solver", "batch_tasks", "channels_last", "backbone", "nc", "nb", "init", "crop", "batch_size", "n_tasks", "max_iter",
                  "threads", "device", "steps", "seconds_per_step", "fp_iter_mean", "fp_iter_max",
                  "pct_converged", "pct_diverged", "git_commit"]
 
@@ -36,6 +36,11 @@ BENCH_COLUMNS = ["stage", "solver", "batch_tasks", "backbone", "nc", "nb", "init
 BENCH_DEFAULTS = dict(backbone="ffdnet", nc=[96], nb=12, init="data/weights/ffdnet_color.pth",
                       train_dirs=["data/BSDS500/train"], crop=64, batch_size=2, n_tasks=5, eta=0.49, tol=1e-7,
                       max_iter=350, solvers=["plain", "anderson"], out="results/bench/train.csv")
+
+
+# variant -> (batch_tasks, channels_last)
+VARIANTS = {"per-task": (False, False), "stacked": (True, False), "per-task-cl": (False, True),
+            "stacked-cl": (True, True)}
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -77,9 +82,10 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--max-iter", type=int, default=None)
     p.add_argument("--solvers", nargs="+", choices=("plain", "anderson"), default=None)
-    p.add_argument("--batch-tasks", nargs="+", choices=("off", "on"), default=["off", "on"],
-                   help="time the step with one solve per task (off), the N solves stacked into one (on), or "
-                        "both side by side (default); the same crops, tasks and noise for each")
+    p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS),
+                   help="DEQ step variants timed side by side on the same crops, tasks and noise: per-task (one "
+                        "solve per task, the default step), stacked (train-deq --batch-tasks), and either with "
+                        "channels-last weights (--channels-last); default: all four")
     p.add_argument("--task-set", default="mtdeq")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
@@ -89,7 +95,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                                                  "results/bench/paper_projection.csv with --config)")
 
 
-def _time_deq_steps(args, base, data, device, common: dict, solver: str, batch_tasks: bool) -> dict:
+def _time_deq_steps(args, base, data, device, common: dict, solver: str, batch_tasks: bool,
+                    channels_last: bool) -> dict:
     """Seconds per Algorithm 1 step (after one untimed warm-up step) and the fixed-point statistics."""
     from mtdeq.tasks import TASK_SETS
 
@@ -97,7 +104,7 @@ def _time_deq_steps(args, base, data, device, common: dict, solver: str, batch_t
                          n_tasks=args.n_tasks, crop=args.crop, batch_size=args.batch_size, lr=args.lr,
                          eta=args.eta, tol=args.tol, max_iter=args.max_iter, solver=solver, seed=args.seed,
                          batch_tasks=batch_tasks)
-    model = copy.deepcopy(base).to(device).train()
+    model = copy.deepcopy(base).to(device, memory_format=memory_format(channels_last)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     seconds, its, status = [], [], []
     for step in range(0, args.steps + 1):  # step 0: warm-up, not timed
@@ -111,10 +118,11 @@ def _time_deq_steps(args, base, data, device, common: dict, solver: str, batch_t
             its += stats.iterations
             status += stats.status
     n = max(len(status), 1)
-    row = {**common, "stage": "train-deq", "solver": solver, "batch_tasks": batch_tasks,
+    row = {**common, "stage": "train-deq", "solver": solver, "batch_tasks": batch_tasks, "channels_last": channels_last,
            "seconds_per_step": float(np.mean(seconds)), "fp_iter_mean": float(np.mean(its)), "fp_iter_max": max(its),
            "pct_converged": 100 * status.count("converged") / n, "pct_diverged": 100 * status.count("diverged") / n}
-    print(f"train-deq {solver} batch-tasks {'on' if batch_tasks else 'off'}: {row['seconds_per_step']:.2f} s/step, "
+    print(f"train-deq {solver} batch-tasks {'on' if batch_tasks else 'off'} channels-last "
+          f"{'on' if channels_last else 'off'}: {row['seconds_per_step']:.2f} s/step, "
           f"fixed-point iterations mean {row['fp_iter_mean']:.1f} max {row['fp_iter_max']}, converged "
           f"{row['pct_converged']:.0f}%", flush=True)
     return row
@@ -147,8 +155,8 @@ def run_bench(args) -> int:
                   git_commit=provenance()["git_commit"])
     rows = []
     for solver in args.solvers:
-        for stacked in args.batch_tasks:
-            rows.append(_time_deq_steps(args, base, data, device, common, solver, stacked == "on"))
+        for variant in args.variants:
+            rows.append(_time_deq_steps(args, base, data, device, common, solver, *VARIANTS[variant]))
     dcfg = DenoiserTrainConfig(out="bench", train_dirs=tuple(args.train_dirs), backbone=args.backbone,
                                nc=tuple(args.nc), nb=args.nb, crop=args.crop, batch_size=args.batch_size,
                                steps=1, lr=args.lr)

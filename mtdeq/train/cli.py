@@ -31,6 +31,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from <out>.ckpt when it was written with the same config (default: on)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no messages except the summary")
+    p.add_argument("--channels-last", action="store_true",
+                   help="keep the network's weights and activations channels-last (faster oneDNN convolutions on "
+                        "CPU; the same maths, other rounding); see python -m mtdeq bench train")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated crash
 
 
@@ -127,7 +130,7 @@ def _cmd_pretrain_denoiser(args) -> int:
     dist, device = setup_distributed(args.device)
     try:
         out = pretrain_denoiser(cfg, device=device, resume=args.resume, quiet=args.quiet,
-                                stop_after=args.stop_after, dist=dist, amp=args.amp)
+                                stop_after=args.stop_after, dist=dist, amp=args.amp, channels_last=args.channels_last)
     finally:
         teardown_distributed(dist)
     if dist.is_main:
@@ -141,7 +144,7 @@ def _cmd_train_deq(args) -> int:
     dist, device = setup_distributed(args.device)
     try:
         totals = train_deq(cfg, device=device, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after,
-                           dist=dist, amp=args.amp)
+                           dist=dist, amp=args.amp, channels_last=args.channels_last)
     finally:
         teardown_distributed(dist)
     if dist.is_main:

@@ -18,6 +18,7 @@ from mtdeq.train.amp import autocast
 from mtdeq.train.config import DenoiserTrainConfig
 from mtdeq.train.distributed import SINGLE, Dist, all_reduce, check_same_step, wrap_ddp
 from mtdeq.train.loop import (
+    memory_format,
     VAL_SEED,
     grads_finite,
     load_val_crops,
@@ -63,7 +64,7 @@ def denoiser_loss(model, x: torch.Tensor, generator: torch.Generator, cfg: Denoi
 
 def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = "cpu", resume: bool = True,
                       quiet: bool = False, stop_after: int | None = None, dist: Dist = SINGLE,
-                      amp: str = "none") -> Path:
+                      amp: str = "none", channels_last: bool = False) -> Path:
     """Train (or, with steps 0, just convert) a Gaussian denoiser; writes cfg.out and returns it.
 
     dist: this process's rank in a data-parallel run (mtdeq.train.distributed); amp: 'none'
@@ -76,7 +77,7 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
     rows = dist.rows(cfg.batch_size) if dist.enabled and cfg.steps > 0 else None
     log = stage_logger(quiet, dist.is_main)
     model, backbone = _load_or_build_backbone(cfg)
-    model = model.to(device).train()
+    model = model.to(device, memory_format=memory_format(channels_last)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones),
                                                      gamma=cfg.lr_gamma)

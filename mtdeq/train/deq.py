@@ -49,6 +49,7 @@ from mtdeq.train.loop import (
     grads_finite,
     load_val_crops,
     mean_psnr,
+    memory_format,
     open_dataset,
     scheduler_step,
     stage_logger,
@@ -90,12 +91,12 @@ class DEQStepStats:
 # --------------------------------------------------------------------------- the outer loops
 def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume: bool = True, quiet: bool = False,
               stop_after: int | None = None, on_step: Callable[[DEQStepStats], None] | None = None,
-              dist: Dist = SINGLE, amp: str = "none") -> dict:
+              dist: Dist = SINGLE, amp: str = "none", channels_last: bool = False) -> dict:
     """Algorithm 1: fine-tune the prior cfg.init on cfg.task_set; writes cfg.out, returns run totals.
 
     totals: solves, converged, max_iter, diverged (fixed-point solves, one per image and task),
     skipped_steps.  dist: this process's rank in a data-parallel run (mtdeq.train.distributed);
-    amp: 'none' or 'bf16' (CUDA).
+    amp: 'none' or 'bf16' (CUDA); channels_last: keep weights and activations channels-last.
     """
     from tqdm import tqdm
 
@@ -107,7 +108,7 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
     autocast(device, amp)  # fail early on --amp bf16 without CUDA
     log = stage_logger(quiet, dist.is_main)
     model, backbone = load_prior(cfg.init)
-    model = model.to(device).train()
+    model = model.to(device, memory_format=memory_format(channels_last)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.lr_step > 0:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
