@@ -53,7 +53,7 @@ COMPARED_KINDS = ("ours", "extra")
 TABLE_FILES = [f"{t}{ext}" for t in TABLES for ext in (".csv", ".md", ".provenance.json")]
 BLESSED_FILES = TABLE_FILES + ["fig2.png"]
 # optional records of the run, relative to --results ({scale} = the results' scale)
-EXTRA_FILES = ["spread.csv", "budget_check.csv", *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
+EXTRA_FILES = ["spread.csv", "budget_check.csv", "protocol_validation.csv", "protocol_validation.md", *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
                "{scale}/tuned_params.csv", "{scale}/timings.csv", "{scale}/convergence.csv"]
 EXTRA_GLOBS = ["{scale}/tuned_params_own/*.csv"]
 TOLERANCE_FILE = "tolerance.yaml"  # written by hand from a measurement; kept across --bless

@@ -47,7 +47,7 @@ def test_bless_writes_reference(blessed):
     names = sorted(p.name for p in blessed.iterdir())
     assert names == sorted(["fig2.png", "table1.csv", "table1.md", "table1.provenance.json",
                             "table2.csv", "table2.md", "table2.provenance.json", "spread.csv",
-                            "budget_check.csv"])
+                            "budget_check.csv", "protocol_validation.csv", "protocol_validation.md"])
     assert json.loads((blessed / "table1.provenance.json").read_text())["scale"] == "ci"
 
 

@@ -178,3 +178,18 @@ def test_budget_check_table_and_markdown(tmp_path):
                         title="T", header_lines=[], budget=tb.budget_check(per_image))
     assert "iteration budget" in md and "| RED | 2K − K |" in md and "+1.00" in md
     assert tb.budget_check(per_image.drop(columns=["psnr_2x", "iterations_2x"])).empty
+
+
+def test_protocol_validation_compares_gauss_and_red_with_the_paper(tmp_path):
+    eval_dir = write_eval_dir(tmp_path)
+    tb.make_tables(tb.TableSettings(str(eval_dir), str(PAPER), "unit", str(tmp_path / "out")))
+    validation = pd.read_csv(tmp_path / "out" / "protocol_validation.csv")
+    assert len(validation) == 2 * 12 and set(validation["method"]) == {"gauss", "red"}
+    row = validation.set_index(["method", "task"])
+    assert row.loc[("gauss", "comp80"), "ours"] == 29.0 and row.loc[("gauss", "comp80"), "paper"] == 30.20
+    assert row.loc[("gauss", "comp80"), "delta"] == pytest.approx(-1.20)
+    assert row.loc[("red", "blur1.6"), "delta"] == pytest.approx(28.0 - 31.76)
+    assert math.isnan(row.loc[("gauss", "sr3_gauss_n1"), "ours"])  # not evaluated: no number invented
+    md = (tmp_path / "out" / "protocol_validation.md").read_text()
+    assert "| Completion 80% | 29.00 | 30.20 | -1.20 | — | 26.00 | 27.17 | -1.17 | — |" in md
+    assert (tmp_path / "out" / "protocol_validation.html").read_text().startswith("<!DOCTYPE html>")

@@ -37,6 +37,10 @@ rule tables:
         table2_html=report("results/table2.html", caption="../report/table2.rst", category="Tables"),
         spread="results/spread.csv",
         budget="results/budget_check.csv",
+        validation="results/protocol_validation.csv",
+        validation_md="results/protocol_validation.md",
+        validation_html=report("results/protocol_validation.html", caption="../report/validation.rst",
+                               category="Tables"),
     params:
         methods=ALL_METHODS,
         eval_dir=lambda w, input: Path(input.config).parent / "eval",
@@ -77,6 +81,9 @@ use rule tables as tables_extra with:
         table2_html="results/extra/table2.html",
         spread="results/extra/spread.csv",
         budget="results/extra/budget_check.csv",
+        validation="results/extra/protocol_validation.csv",
+        validation_md="results/extra/protocol_validation.md",
+        validation_html="results/extra/protocol_validation.html",
     params:
         methods=lambda w: extra_target_methods(),
     log:
