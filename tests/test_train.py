@@ -282,6 +282,23 @@ def test_budgets_of_one_run_share_a_state_and_equal_the_straight_run(images, pri
     assert start == 0 and "past this run's 2 steps" in messages[-1]
 
 
+def test_channels_last_training_is_the_same_maths(images, prior, tmp_path):
+    """--channels-last changes the memory layout only: two float64 steps give the same weights
+    (to rounding), and the checkpoint loads into a default-layout network."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        runs = []
+        for layout in (False, True):
+            cfg = _cfg(images, prior, tmp_path, steps=2, max_iter=4, out=str(tmp_path / f"cl{int(layout)}.pt"),
+                       batch_tasks=True)
+            train_deq(cfg, quiet=True, channels_last=layout)
+            runs.append(load_prior(cfg.out)[0].state_dict())
+        for key in runs[0]:
+            torch.testing.assert_close(runs[0][key], runs[1][key], rtol=1e-9, atol=1e-12)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def _pickled_modules(path: Path) -> set[str]:
     """The modules of every global (class or function) the pickle of a torch.save file names."""
     seen: set[str] = set()
