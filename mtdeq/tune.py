@@ -18,7 +18,9 @@ Values never leave the bounds: K in [1, --max-iterations], every denoiser level 
 Stage ``tune`` writes one CSV row per candidate (``round`` 0 = the grid, r > 0 = extension r);
 stage ``collect-tuned`` picks the best candidate per (method, task) and writes
 tuned_params.csv, with ``on_edge`` naming every swept parameter whose chosen value is still
-the smallest or largest value tried (a warning is printed for each).
+the smallest or largest value tried (a warning is printed for each) and ``edge_bound`` why it
+was not extended further: a physical bound (the K cap, the sigma cap, sigma_min <= sigma_max)
+or "rounds spent" (an edge that more extension rounds would have crossed).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ CANDIDATE_COLUMNS = [
 ]
 TUNED_COLUMNS = [
     "method", "task", "iterations", "sigma_max", "sigma_min", "lam", "sigma_denoise", "step",
-    "val_psnr", "on_edge", "lam_scale", "n_images",
+    "val_psnr", "on_edge", "lam_scale", "n_images", "edge_bound",
 ]
 # the columns that are swept, per algorithm (lam is derived from lam_scale for admm), each with
 # the Grid field that holds its values
@@ -280,17 +282,59 @@ def edge_flags(group: pd.DataFrame, best: pd.Series, algorithm: str) -> list[str
     return flags
 
 
+def edge_bounds(group: pd.DataFrame, best: pd.Series, algorithm: str, flags: list[str],
+                bounds: Bounds | None) -> list[str]:
+    """Why each edge flag was not extended further: a bound ('iterations: K cap 60', 'sigma_max: sigma
+    cap 0.294', 'sigma_min: <= sigma_max', ...) or 'rounds spent' (a non-physical edge: more
+    extension rounds would have tried a value beyond it); 'unknown' without the run's bounds."""
+    reasons = []
+    current = {name: float(best[name]) for name in SWEPT[algorithm]}
+    for flag in flags:
+        name, side = flag.split("=")
+        if bounds is None:
+            reasons.append(f"{name}: unknown")
+            continue
+        value = current[name]
+        if extend_value(name, group[name].tolist(), side, current, bounds) is not None:
+            reasons.append(f"{name}: rounds spent")
+        elif name == "iterations":
+            reasons.append(f"{name}: K cap {bounds.max_iterations}" if side == "max" else f"{name}: K = 1")
+        elif name in SIGMA_PARAMS and side == "max" and value >= bounds.sigma_cap:
+            reasons.append(f"{name}: sigma cap {bounds.sigma_cap:g}")
+        elif name == "sigma_min" and side == "max":
+            reasons.append(f"{name}: <= sigma_max")
+        elif name == "sigma_max" and side == "min":
+            reasons.append(f"{name}: >= sigma_min")
+        elif name in SIGMA_PARAMS and side == "min":
+            reasons.append(f"{name}: sigma floor {bounds.sigma_floor:g}")
+        else:
+            reasons.append(f"{name}: bound")
+    return reasons
+
+
+def _run_bounds(path: Path) -> Bounds | None:
+    """The edge-extension bounds a tune CSV was made with (its provenance sidecar), if recorded."""
+    sidecar = Path(path).with_suffix(".provenance.json")
+    try:
+        settings = json.loads(sidecar.read_text())["config"]["settings"]
+        return Bounds(**settings["bounds"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def collect_tuned(inputs: list[str | Path], out: str | Path) -> pd.DataFrame:
     """Best candidate (highest val_psnr) per (method, task) of the candidate CSVs -> tuned_params.csv."""
     from mtdeq.io import atomic_write_text
 
-    frames = []
+    frames, bounds_of = [], {}
     for path in inputs:
         frame = pd.read_csv(path)
         missing = [c for c in CANDIDATE_COLUMNS if c not in frame.columns and c != "round"]
         if missing:
             raise ValueError(f"{path}: not a tune candidate table, missing column(s) {missing}")
         frames.append(frame)
+        for key in frame[["method", "task"]].drop_duplicates().itertuples(index=False):
+            bounds_of[tuple(key)] = _run_bounds(Path(path))
     if not frames:
         raise ValueError("collect-tuned: no --inputs given")
     table = pd.concat(frames, ignore_index=True)
@@ -306,8 +350,9 @@ def collect_tuned(inputs: list[str | Path], out: str | Path) -> pd.DataFrame:
         if flags:
             print(f"WARNING: tuned {algorithm}/{task} lies on the edge of its grid: {', '.join(flags)} "
                   "-- consider widening the grid")
+        reasons = edge_bounds(group, best, algorithm, flags, bounds_of.get((algorithm, task)))
         rows.append({**{c: best[c] for c in TUNED_COLUMNS if c in best.index},
-                     "on_edge": ";".join(flags)})
+                     "on_edge": ";".join(flags), "edge_bound": ";".join(reasons)})
     result = pd.DataFrame(rows, columns=TUNED_COLUMNS)
     result["iterations"] = result["iterations"].astype(int)
     atomic_write_text(out, result.to_csv(index=False, float_format="%.6g"))

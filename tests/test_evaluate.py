@@ -223,6 +223,26 @@ def test_edge_extension_stops_when_every_edge_is_at_a_bound():
     assert len(table) < 8 + 50  # stopped early: nothing left to extend
 
 
+def test_edge_bound_says_which_bound_stopped_the_extension():
+    def objective(f):  # wants more of everything
+        return f["iterations"] + 100 * f["sigma_max"] + 100 * f["sigma_min"]
+
+    grid = tn.Grid(iterations=(10, 20), sigma_max=(0.2, 0.3), sigma_min=(0.01, 0.02))
+    bounds = tn.Bounds(max_iterations=40, sigma_cap=0.3)
+    done = _extend_to_optimum(objective, grid, rounds=50, bounds=bounds)
+    best = done.loc[done["val_psnr"].idxmax()]
+    flags = tn.edge_flags(done, best, "admm")
+    reasons = tn.edge_bounds(done, best, "admm", flags, bounds)
+    assert "iterations: K cap 40" in reasons and "sigma_max: sigma cap 0.3" in reasons
+    assert not any("rounds spent" in r for r in reasons)
+    # one round only: the edges it did not reach are non-physical
+    early = _extend_to_optimum(objective, grid, rounds=1, bounds=bounds)
+    best = early.loc[early["val_psnr"].idxmax()]
+    reasons = tn.edge_bounds(early, best, "admm", tn.edge_flags(early, best, "admm"), bounds)
+    assert any(r.endswith("rounds spent") for r in reasons)
+    assert tn.edge_bounds(early, best, "admm", ["iterations=max"], None) == ["iterations: unknown"]
+
+
 def test_tune_extension_rows_change_one_parameter_of_the_best(setup, tmp_path):
     grid = tn.Grid(iterations=(2, 3), sigma_max=(0.1, 0.2), sigma_min=(0.01,), lam_scale=(1.0,))
     out = tmp_path / "admm_blur.csv"
