@@ -15,7 +15,7 @@ This stage collects those per-image CSVs,
     <gauss-dir>/<task>.csv                                 the Gauss row (steps 0)
 
 into ``budget.csv`` (columns BUDGET_COLUMNS: the mean PSNR over the test images per row), the mean
-margins per budget into ``margins.csv`` (MARGIN_COLUMNS: Proposed - Gauss, Control - Gauss and
+margins per budget into ``margins.csv`` and ``margins.md`` (MARGIN_COLUMNS: Proposed - Gauss, Control - Gauss and
 Proposed - Control per table, with the count of tasks where the first is ahead), and draws
 ``budget.png``: the mean margin against the number of steps, one line per table and comparison,
 the seed spread as a band where a second seed was trained, and the paper's Proposed - Gauss
@@ -182,13 +182,34 @@ def plot(margin: pd.DataFrame, paper: dict[str, float], path: str | Path, *, sca
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def to_markdown(margin: pd.DataFrame, paper: dict[str, float], scale: str = "") -> str:
+    """The margins per budget as Markdown: mean margin (tasks ahead / tasks) per table and comparison."""
+    cols = [(c, t) for c in ("proposed-gauss", "proposed-control", "control-gauss") for t in TABLES]
+    names = {"proposed-gauss": "Proposed − Gauss", "proposed-control": "Proposed − control",
+             "control-gauss": "control − Gauss"}
+    lines = [f"## Does the gain grow with training?{f' — scale {scale}' if scale else ''}", "",
+             "Mean PSNR margin over the test tasks of each table, dB (tasks ahead / tasks).", "",
+             "| Steps | Seed | Settings | " + " | ".join(f"{names[c]}, {TABLES[t]}" for c, t in cols) + " |",
+             "|---:|---:|---|" + "---:|" * len(cols)]
+    for (steps, seed, setting), group in margin.groupby(["steps", "seed", "settings"], sort=True):
+        by = {(r.comparison, r.table): r for r in group.itertuples(index=False)}
+        cells = [f"{by[k].mean_margin:+.2f} ({by[k].wins}/{by[k].n_tasks})" if k in by else "—" for k in cols]
+        lines.append(f"| {steps} | {seed} | {setting} | " + " | ".join(cells) + " |")
+    if paper:
+        lines += ["", "Paper (134k steps), Proposed − Gauss: "
+                  + ", ".join(f"{TABLES[t]} {v:+.2f}" for t, v in paper.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def run(settings: BudgetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Collect, compute the margins, write the two CSVs and the figure (all or nothing on error)."""
     from mtdeq.io import atomic_write_text
 
     budget = collect(settings)
     margin = margins(budget)
-    plot(margin, paper_margins(settings.paper), settings.figure, scale=settings.scale)
+    paper = paper_margins(settings.paper)
+    plot(margin, paper, settings.figure, scale=settings.scale)
+    atomic_write_text(Path(settings.margins).with_suffix(".md"), to_markdown(margin, paper, settings.scale))
     atomic_write_text(settings.out, budget.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(settings.margins, margin.to_csv(index=False, float_format="%.4f"))
     return budget, margin

@@ -68,6 +68,8 @@ def test_margins_are_mean_differences_and_win_counts(tmp_path):
     assert (tmp_path / "b.png").stat().st_size > 10_000
     written = pd.read_csv(tmp_path / "m.csv")
     assert len(written) == len(margin)
+    md = (tmp_path / "m.md").read_text()
+    assert "| 100 | 0 | gauss | +0.50 (4/4) | -0.20 (0/8) | +0.40 (4/4) |" in md and "Paper (134k steps)" in md
 
 
 def test_paper_margin_is_the_mean_proposed_minus_gauss_per_table():

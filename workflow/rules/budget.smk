@@ -112,6 +112,7 @@ rule budget:
     output:
         csv=f"{BUDGET_DIR}/budget.csv",
         margins=f"{BUDGET_DIR}/margins.csv",
+        margins_md=f"{BUDGET_DIR}/margins.md",
         figure=report(f"{BUDGET_DIR}/budget.png", caption="../report/budget.rst", category="Budget"),
     params:
         seed=config["seed"],
