@@ -68,7 +68,11 @@ def _cli(stage: str, cfg) -> list[str]:
         value = getattr(cfg, f.name)
         if value is None:
             continue
-        args.append("--" + f.name.replace("_", "-"))
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):  # BooleanOptionalAction: --x / --no-x
+            args.append(flag if value else "--no-" + flag[2:])
+            continue
+        args.append(flag)
         args += [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
     return args + ["--threads", "1", "--device", "cpu", "--quiet"]
 
@@ -195,3 +199,14 @@ def test_torchrun_pretrain_denoiser_matches_one_process(images, prior, tmp_path)
     rank0, rank1 = (torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     _assert_close_rel(_weights(tmp_path / "b" / "g.pt"), _weights(tmp_path / "a" / "g.pt"))
+
+
+def test_torchrun_stacked_step_matches_the_per_task_step(images, prior, tmp_path, one_process_run):
+    """--batch-tasks under DDP: every group of tasks but the last back-propagates under no_sync, and
+    the run ends where the one-process per-task run does (to the tolerance of DDP's reductions)."""
+    out = tmp_path / "m.pt"
+    run = _torchrun(2, "train-deq", _deq_cfg(images, prior, out, batch_tasks=True))
+    assert run.returncode == 0, run.stderr[-3000:]
+    _assert_close_rel(_weights(out), _weights(one_process_run))
+    assert _losses(out.with_suffix(".csv")) == pytest.approx(_losses(one_process_run.with_suffix(".csv")),
+                                                             rel=REL_TOL)
