@@ -26,7 +26,6 @@ of the curve).
 from __future__ import annotations
 
 import argparse
-import io as _io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +118,7 @@ def margins(budget: pd.DataFrame) -> pd.DataFrame:
                 continue
             diff = (by_prior[ahead] - by_prior[behind]).dropna()
             for table in TABLES:
-                tasks = group.loc[group["table"] == table, "task"].unique()
-                d = diff.reindex([t for t in tasks if t in diff.index]).dropna()
+                d = diff[diff.index.isin(group.loc[group["table"] == table, "task"])]
                 if d.empty:
                     continue
                 out.append(dict(steps=steps, seed=seed, settings=setting, table=table, comparison=name,
@@ -146,7 +144,7 @@ def plot(margin: pd.DataFrame, paper: dict[str, float], path: str | Path, *, sca
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mtdeq.io import atomic_write_bytes
+    from mtdeq.io import write_png_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     colours = {"table1": "tab:blue", "table2": "tab:orange"}
@@ -176,10 +174,7 @@ def plot(margin: pd.DataFrame, paper: dict[str, float], path: str | Path, *, sca
     ax.set_title(f"Does the gain grow with training?{f' ({scale} scale)' if scale else ''}")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_png_figure(path, fig)
 
 
 def to_markdown(margin: pd.DataFrame, paper: dict[str, float], scale: str = "") -> str:

@@ -15,7 +15,6 @@ task's --test-crop, mtdeq.tasks.crop_truth).  A method without images gets an em
 from __future__ import annotations
 
 import argparse
-import io as _io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def make_figure(settings: FigureSettings) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mtdeq.io import atomic_write_bytes, read_image
+    from mtdeq.io import read_image, write_png_figure
     from mtdeq.metrics import psnr
 
     restored, eval_dir = Path(settings.restored_dir), Path(settings.eval_dir)
@@ -130,10 +129,7 @@ def make_figure(settings: FigureSettings) -> Path:
             if image is not None:
                 ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_xlabel(f"{column}\n{caption}", fontsize=9)
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(settings.out, buffer.getvalue())
+    return write_png_figure(settings.out, fig)
 
 
 def _run(args: argparse.Namespace) -> int:

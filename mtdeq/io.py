@@ -61,6 +61,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def write_png_figure(path: str | os.PathLike, fig, dpi: int = 120) -> Path:
+    """Render a matplotlib figure as PNG, close it, and write it atomically to ``path``."""
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically (temp file in the same directory + os.replace)."""
     return atomic_write_bytes(path, text.encode(encoding))

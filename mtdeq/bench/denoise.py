@@ -46,15 +46,14 @@ def denoise_psnr(model, images: list, sigma: float, seed: int, device) -> float:
 def run_denoise(args: argparse.Namespace) -> int:
     """Gaussian-denoising PSNR of each prior on each image folder and noise level (full images)."""
     from mtdeq.io import atomic_write_text, list_images, read_image
-    from mtdeq.models import load_prior
+    from mtdeq.models import for_inference, load_prior
     from mtdeq.runtime import resolve_device
 
     device = resolve_device(args.device)
     folders = {folder: [read_image(f).unsqueeze(0) for f in list_images(folder)] for folder in args.images}
     rows = []
     for prior in args.priors:
-        model, _ = load_prior(prior)
-        model = model.to(device).eval()
+        model = for_inference(load_prior(prior)[0], device)
         for folder, images in folders.items():
             for sigma_255 in args.sigmas:
                 start = time.perf_counter()

@@ -188,7 +188,7 @@ def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Ge
     rows = dist.rows(x.shape[0]) if dist.enabled else None
     device = next(model.parameters()).device
     # one noise seed per task, drawn in task order (the same draws in both modes)
-    seeds = [int(torch.randint(2**62, (1,), generator=generator)) for _ in tasks]
+    seeds = [noise_seed(generator) for _ in tasks]
     groups = task_groups(tasks, x, cfg) if cfg.batch_tasks else [[t] for t in range(len(tasks))]
     loss_sum = 0.0
     outcomes: dict[int, TaskOutcome] = {}
@@ -239,6 +239,11 @@ def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Ge
 
 
 # --------------------------------------------------------------------------- tasks: y_i, z_i, L_i
+def noise_seed(generator: torch.Generator) -> int:
+    """The seed of one task's masks and noise, the next draw of the step's generator."""
+    return int(torch.randint(2**62, (1,), generator=generator))
+
+
 def task_groups(tasks: list, x: torch.Tensor, cfg: DEQTrainConfig) -> list[list[int]]:
     """Indices of the tasks whose estimates have one shape, in task order (one stacked solve each).
 
@@ -254,8 +259,7 @@ def task_groups(tasks: list, x: torch.Tensor, cfg: DEQTrainConfig) -> list[list[
 def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DEQTrainConfig,
                rows: slice | None = None) -> TaskOutcome:
     """One task alone (:func:`solve_tasks`), its noise seed drawn from ``generator``."""
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    return solve_tasks(model, x, [task], [seed], cfg, rows=rows)[0]
+    return solve_tasks(model, x, [task], [noise_seed(generator)], cfg, rows=rows)[0]
 
 
 def solve_tasks(model, x: torch.Tensor, tasks: list, seeds: list[int], cfg: DEQTrainConfig,
