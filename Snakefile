@@ -6,6 +6,7 @@
 #   snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml all
 #   snakemake --cores 8 extra                                 labelled extras (own settings, seeds)
 #   snakemake --cores 2 budget                                the training-budget curve (hours)
+#   snakemake --cores 2 lr_study                              lr / warm-up / batch runs, on Set14
 #
 # DAG: fetch -> pretrain_denoiser (Gauss prior) -> train_deq (mtdeq, st_comp, st_sr)
 #      and train_control (gauss_budget) -> tune_admm / tune_red on Set14 -> collect_tuned
@@ -38,6 +39,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/budget.smk"
+include: "workflow/rules/lr_study.smk"
 
 
 rule all:

@@ -24,6 +24,7 @@ STAGE_MODULES = (
     "mtdeq.summary",
     "mtdeq.check",
     "mtdeq.budget",
+    "mtdeq.lrstudy",
     "mtdeq.bench",
 )
 

@@ -113,11 +113,13 @@ def candidates(algorithm: str, grid: Grid, sigma_noise: float) -> list[tuple[dic
 
 @dataclass(frozen=True)
 class Bounds:
-    """Limits of edge extension: K in [1, max_iterations], denoiser levels in (0, sigma_cap]."""
+    """Limits of edge extension: K in [1, max_iterations], denoiser levels in (0, sigma_cap]; an edge
+    whose last step gained less than min_gain dB is flat and not extended further (0: never flat)."""
 
     max_iterations: int = 200
     sigma_cap: float = 0.3
     sigma_floor: float = 1e-3
+    min_gain: float = 0.0
 
 
 def extend_value(name: str, tried: list[float], side: str, best: dict, bounds: Bounds) -> float | None:
@@ -243,26 +245,53 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
 def next_extension(table: pd.DataFrame, algorithm: str, swept: list[str], bounds: Bounds) -> dict | None:
     """The next candidate of edge extension (SWEPT values), or None when nothing can be extended.
 
-    The best row so far is moved one step beyond the first swept parameter (SWEPT order) whose
-    value is the smallest or largest tried, skipping parameters already at a bound and
-    candidates that were already scored.
+    The best row so far is moved one step beyond a swept parameter whose value is the smallest or
+    largest tried, skipping parameters already at a bound, flat edges (:func:`edge_gain` below
+    bounds.min_gain) and candidates already scored.  Among the parameters left, the one extended
+    the fewest times so far goes first (then SWEPT order), so that one open-ended parameter (RED's
+    lam on a noise-free task) cannot spend every round.
     """
     if table["val_psnr"].isna().all():
         return None
     best = table.loc[table["val_psnr"].idxmax()]
     current = {name: float(best[name]) for name in SWEPT[algorithm]}
     seen = {tuple(float(r[n]) for n in SWEPT[algorithm]) for _, r in table.iterrows()}
-    for flag in edge_flags(table, best, algorithm):
+    grid = table[table["round"] == 0] if "round" in table.columns else table
+    options = []
+    for order, flag in enumerate(edge_flags(table, best, algorithm)):
         name, side = flag.split("=")
-        if name not in swept:
+        if name not in swept or _is_flat(table, best, algorithm, name, side, bounds):
             continue
         new = extend_value(name, table[name].tolist(), side, current, bounds)
         if new is None:
             continue
         proposal = {**current, name: new}
         if tuple(proposal[n] for n in SWEPT[algorithm]) not in seen:
-            return proposal
-    return None
+            extended = len(set(table[name].dropna()) - set(grid[name].dropna()))
+            options.append((extended, order, proposal))
+    return min(options, key=lambda o: o[:2])[2] if options else None
+
+
+def edge_gain(table: pd.DataFrame, best: pd.Series, algorithm: str, name: str, side: str) -> float | None:
+    """What the last step onto the edge value gained: best's val_psnr minus that of the candidate with
+    the next inner value of ``name`` and every other swept parameter equal (None if not scored)."""
+    values = sorted(set(float(v) for v in table[name].dropna()))
+    edge = float(best[name])
+    inner = [v for v in values if (v > edge if side == "min" else v < edge)]
+    if not inner:
+        return None
+    neighbour = min(inner) if side == "min" else max(inner)
+    others = [n for n in SWEPT[algorithm] if n != name]
+    match = table[(table[name].astype(float) == neighbour)
+                  & pd.concat([table[n].astype(float) == float(best[n]) for n in others], axis=1).all(axis=1)]
+    if match.empty or match["val_psnr"].isna().all():
+        return None
+    return float(best["val_psnr"]) - float(match["val_psnr"].max())
+
+
+def _is_flat(table, best, algorithm, name, side, bounds: Bounds) -> bool:
+    gain = edge_gain(table, best, algorithm, name, side) if bounds.min_gain > 0 else None
+    return gain is not None and gain < bounds.min_gain
 
 
 def edge_flags(group: pd.DataFrame, best: pd.Series, algorithm: str) -> list[str]:
@@ -296,7 +325,12 @@ def edge_bounds(group: pd.DataFrame, best: pd.Series, algorithm: str, flags: lis
             continue
         value = current[name]
         if extend_value(name, group[name].tolist(), side, current, bounds) is not None:
-            reasons.append(f"{name}: rounds spent")
+            if _is_flat(group, best, algorithm, name, side, bounds):
+                gain = edge_gain(group, best, algorithm, name, side)
+                limit = " (noise-free: lam -> 0 is the limit A x = y)" if _noise_free_lam(best, algorithm, name, side) else ""
+                reasons.append(f"{name}: flat, {gain:+.3f} dB for the last step{limit}")
+            else:
+                reasons.append(f"{name}: rounds spent")
         elif name == "iterations":
             reasons.append(f"{name}: K cap {bounds.max_iterations}" if side == "max" else f"{name}: K = 1")
         elif name in SIGMA_PARAMS and side == "max" and value >= bounds.sigma_cap:
@@ -310,6 +344,14 @@ def edge_bounds(group: pd.DataFrame, best: pd.Series, algorithm: str, flags: lis
         else:
             reasons.append(f"{name}: bound")
     return reasons
+
+
+def _noise_free_lam(best: pd.Series, algorithm: str, name: str, side: str) -> bool:
+    """RED's lam at its small edge on a noise-free task: lam -> 0 solves x = P_{Ax=y}(D(x))."""
+    from mtdeq.tasks import TEST_TASKS
+
+    task = TEST_TASKS.get(str(best.get("task")))
+    return algorithm == "red" and name == "lam" and side == "min" and task is not None and task.sigma_noise == 0
 
 
 def _run_bounds(path: Path) -> Bounds | None:
@@ -373,7 +415,8 @@ def _run_tune(args: argparse.Namespace) -> int:
     settings = TuneSettings(method=args.method, task=args.task, prior=args.prior, images=args.images,
                             out=args.out, grid=grid, max_images=args.max_images, crop=args.crop,
                             seed=args.seed, device=args.device, extend_rounds=args.extend_rounds,
-                            bounds=Bounds(max_iterations=args.max_iterations, sigma_cap=args.sigma_cap),
+                            bounds=Bounds(max_iterations=args.max_iterations, sigma_cap=args.sigma_cap,
+                                          min_gain=args.min_gain),
                             protocol=protocol_from_args(args), red_tol=args.red_tol)
     table = tune(settings)
     best = table.loc[table["val_psnr"].idxmax()] if table["val_psnr"].notna().any() else None
@@ -415,6 +458,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-iterations", type=int, default=200, help="largest K edge extension may try (default 200)")
     p.add_argument("--sigma-cap", type=float, default=0.3,
                    help="largest denoiser level edge extension may try: the backbone's training range (default 0.3)")
+    p.add_argument("--min-gain", type=float, default=0.0,
+                   help="edge extension stops at an edge whose last step gained less than this many dB (a flat "
+                        "edge; default 0: only bounds stop it)")
     p.add_argument("--seed", type=int, default=0, help="image i is degraded with seed + i (default 0)")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda, else mps, else cpu; the default), cpu, cuda, mps")
     p.add_argument("--out", required=True, help="candidate CSV, e.g. results/quick/tune/admm_comp90.csv")

@@ -391,3 +391,70 @@ def test_pretrain_from_scratch_is_reproducible(images, tmp_path):
         runs.append(load_prior(out)[0].state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+# ----------------------------------------------------------------------------- accumulation, warm-up, early tolerance
+def test_accumulated_step_is_the_mean_over_the_pairs_of_all_mini_batches(images, prior, tmp_path):
+    """--accum: a step over two mini-batches has the gradient of the mean loss over all their (image,
+    task) pairs, each mini-batch with its own crops, tasks and noise."""
+    cfg = _cfg(images, prior, tmp_path, accum=2)
+    data = PatchDataset([str(images)], crop=16)
+    x1, x2 = data.sample_batch(torch.Generator().manual_seed(2), 2), data.sample_batch(torch.Generator().manual_seed(3), 2)
+    tasks1, tasks2 = [TEST_TASKS["blur2.0"], TEST_TASKS["comp80"]], [TEST_TASKS["sr2_bicubic_n1"], TEST_TASKS["blur1.6"]]
+    model = _model(prior)
+    stats = deq_step(model, torch.optim.SGD(model.parameters(), lr=0.0), x1, tasks1, step_generator(0, 5), cfg,
+                     micro=[(x2, tasks2, step_generator(0, 5, 1))])
+    grads = [p.grad.clone() for p in model.parameters()]
+
+    reference = _model(prior)
+    losses = []
+    for x, tasks, g in ((x1, tasks1, step_generator(0, 5)), (x2, tasks2, step_generator(0, 5, 1))):
+        losses += [solve_task(reference, x, t, g, cfg).per_image_loss for t in tasks]
+    losses = torch.cat(losses)
+    losses.mean().backward()
+    assert stats.n_valid == 8 and len(stats.status) == 8 and len(stats.tasks) == 4
+    assert stats.loss == pytest.approx(float(losses.mean().detach()), rel=1e-5)
+    for a, p in zip(grads, reference.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_first_mini_batch_draws_what_a_step_without_accumulation_draws():
+    a, b, c = step_generator(3, 7), step_generator(3, 7, 0), step_generator(3, 7, 1)
+    first = torch.rand(4, generator=a)
+    assert torch.equal(first, torch.rand(4, generator=b)) and not torch.equal(first, torch.rand(4, generator=c))
+
+
+def test_warm_up_and_step_decay_of_the_learning_rate(images, prior, tmp_path):
+    from mtdeq.train.deq import lr_scheduler
+
+    lrs = {}
+    for warmup in (0, 4):
+        cfg = _cfg(images, prior, tmp_path, lr=1.0, lr_warmup=warmup, lr_step=3, lr_gamma=0.5)
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        scheduler = lr_scheduler(optimizer, cfg)
+        lrs[warmup] = []
+        for _ in range(7):
+            lrs[warmup].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    assert lrs[0] == pytest.approx([1, 1, 1, 0.5, 0.5, 0.5, 0.25])  # StepLR unchanged without warm-up
+    assert lrs[4] == pytest.approx([0.25, 0.5, 0.75, 0.5, 0.5, 0.5, 0.25])
+
+
+def test_early_tolerance_applies_to_the_first_steps_only(images, prior, tmp_path):
+    cfg = _cfg(images, prior, tmp_path, tol=1e-6, early_tol=1e-4, early_steps=2)
+    assert [cfg.tol_at(k) for k in (1, 2, 3)] == [1e-4, 1e-4, 1e-6]
+    assert _cfg(images, prior, tmp_path, tol=1e-6).tol_at(1) == 1e-6
+    with pytest.raises(ValueError, match="--early-tol"):
+        _cfg(images, prior, tmp_path, tol=1e-6, early_tol=1e-7, early_steps=2)
+    with pytest.raises(ValueError, match="--accum"):
+        _cfg(images, prior, tmp_path, accum=0)
+    # a looser tolerance stops the same solves earlier
+    x = PatchDataset([str(images)], crop=16).sample_batch(torch.Generator().manual_seed(1), 2)
+    its = {}
+    for tol in (1e-7, 1e-3):
+        model = _model(prior)
+        stats = deq_step(model, torch.optim.SGD(model.parameters(), lr=0.0), x, [TEST_TASKS["blur1.6"]],
+                         step_generator(0, 1), cfg, tol=tol)
+        its[tol] = stats.iterations
+    assert all(a < b for a, b in zip(its[1e-3], its[1e-7])), its

@@ -15,7 +15,7 @@ import torch
 from mtdeq.runtime import DEVICE_CHOICES
 from mtdeq.tasks import add_protocol_args
 from mtdeq.train.amp import AMP_CHOICES
-from mtdeq.train.config import DenoiserTrainConfig, DEQTrainConfig, config_from_args
+from mtdeq.train.config import COMP_INITS, DenoiserTrainConfig, DEQTrainConfig, config_from_args
 from mtdeq.train.denoiser import pretrain_denoiser
 from mtdeq.train.deq import VAL_TASK_FOR_SET, convergence_summary, train_deq
 from mtdeq.train.distributed import setup_distributed, teardown_distributed
@@ -103,8 +103,17 @@ def register(subparsers) -> None:
     q.add_argument("--n-tasks", type=int, default=e.n_tasks, help="N degradations per image and step")
     q.add_argument("--lr-step", type=int, default=e.lr_step,
                    help="multiply the learning rate by --lr-gamma every K steps (0: never)")
+    q.add_argument("--lr-warmup", type=int, default=e.lr_warmup,
+                   help="linear learning-rate warm-up over the first W steps (0: none)")
+    q.add_argument("--accum", type=int, default=e.accum,
+                   help="mini-batches of --batch-size per optimiser step (gradient accumulation; 1: none)")
     q.add_argument("--eta", type=float, default=e.eta, help="FB step size (Eq. 3)")
     q.add_argument("--tol", type=float, default=e.tol, help="stop when mean((f(z)-z)^2) < tol")
+    q.add_argument("--early-tol", type=float, default=e.early_tol,
+                   help="the looser tolerance of steps 1..--early-steps (bench train --grad-check measures "
+                        "what it does to the gradient)")
+    q.add_argument("--early-steps", type=int, default=e.early_steps,
+                   help="steps solved to --early-tol instead of --tol (0: --tol throughout)")
     q.add_argument("--max-iter", type=int, default=e.max_iter, help="fixed-point iteration cap")
     q.add_argument("--diverge-at", type=float, default=e.diverge_at,
                    help="a solve diverged when |z| exceeds this")
@@ -112,8 +121,13 @@ def register(subparsers) -> None:
     q.add_argument("--batch-tasks", action=argparse.BooleanOptionalAction, default=e.batch_tasks,
                    help="solve the N tasks of a step as one stacked batch of N*B images (one denoiser call "
                         "per iteration; each image keeps its own stopping rule); default: one solve per task")
+    q.add_argument("--comp-init", choices=COMP_INITS, default=e.comp_init,
+                   help="completion start of the training solves: grey (PnP-ReG's y + 0.5 (1 - m)) or fill "
+                        "(dropped pixels from a normalised Gaussian convolution of the observed ones; the same "
+                        "fixed point, reached in fewer iterations)")
     q.add_argument("--val-task", default=None,
-                   help=f"test task of the validation PSNR (default per task set: {VAL_TASK_FOR_SET})")
+                   help=f"test task(s) of the validation PSNR, comma-separated for the mean over several "
+                        f"(default per task set: {VAL_TASK_FOR_SET})")
     add_protocol_args(q, test=False)
     _add_runtime_args(q)
     q.set_defaults(func=_cmd_train_deq)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+COMP_INITS = ("grey", "fill")  # the completion start of a training solve (DEQTrainConfig.comp_init)
+
 
 @dataclass(frozen=True)
 class DenoiserTrainConfig:
@@ -67,23 +69,44 @@ class DEQTrainConfig:
     lr: float = 1e-5
     lr_step: int = 0
     lr_gamma: float = 0.25
+    lr_warmup: int = 0  # linear warm-up: step k <= lr_warmup uses lr * k / lr_warmup
+    accum: int = 1  # mini-batches of batch_size per optimiser step (gradient accumulation)
     eta: float = 0.49
     tol: float = 1e-7
+    early_tol: float = 0.0  # the looser tolerance of steps 1..early_steps (0 / early_steps 0: tol throughout)
+    early_steps: int = 0
     max_iter: int = 350
     diverge_at: float = 1e10
     solver: str = "plain"
     batch_tasks: bool = False  # stack the N solves of a step into one (mtdeq.train.deq.solve_tasks)
+    comp_init: str = "grey"  # completion start P(y): "grey" (PnP-ReG's, op.init) or "fill" (op.fill)
     seed: int = 0
     log_csv: str | None = None
     checkpoint_every: int = 0
     state: str | None = None  # resume state shared by the budgets of one run (None: <out>.ckpt)
     val_dir: str | None = None
-    val_task: str | None = None  # None: mtdeq.train.deq.VAL_TASK_FOR_SET[task_set]
+    val_task: str | None = None  # "T" or "T1,T2,..." (mean PSNR); None: mtdeq.train.deq.VAL_TASK_FOR_SET[task_set]
     val_every: int = 100
     val_images: int = 4
     bicubic_a: float = -0.75  # mtdeq.tasks.Protocol of the training observations
     gauss_sr_support: float = 2.0
     sr_init: str = "bilinear"
+
+    @property
+    def val_tasks(self) -> tuple[str, ...]:
+        """The validation tasks (--val-task, comma-separated; default per task set)."""
+        from mtdeq.train.deq import VAL_TASK_FOR_SET
+
+        return tuple((self.val_task or VAL_TASK_FOR_SET[self.task_set]).split(","))
+
+    def tol_at(self, step: int) -> float:
+        """The fixed-point tolerance of training step ``step`` (1-based): early_tol up to early_steps."""
+        return self.early_tol if step <= self.early_steps else self.tol
+
+    @property
+    def batch_per_step(self) -> int:
+        """Crops per optimiser step: batch_size x accum."""
+        return self.batch_size * self.accum
 
     @property
     def protocol(self):
@@ -97,10 +120,17 @@ class DEQTrainConfig:
 
         check_value(self.task_set in TASK_SETS, "--task-set", self.task_set, f"one of {sorted(TASK_SETS)}")
         check_value(self.solver in ("plain", "anderson"), "--solver", self.solver, "'plain' or 'anderson'")
+        check_value(self.comp_init in COMP_INITS, "--comp-init", self.comp_init, f"one of {COMP_INITS}")
         check_value(self.n_tasks >= 1, "--n-tasks", self.n_tasks, "an integer >= 1")
         check_value(self.max_iter >= 1, "--max-iter", self.max_iter, "an integer >= 1")
         check_value(self.lr_step >= 0, "--lr-step", self.lr_step, ">= 0 (0: constant learning rate)")
-        check_value(self.val_task is None or self.val_task in TEST_TASKS, "--val-task", self.val_task,
+        check_value(self.lr_warmup >= 0, "--lr-warmup", self.lr_warmup, ">= 0 (0: no warm-up)")
+        check_value(self.accum >= 1, "--accum", self.accum, "an integer >= 1")
+        check_value(self.tol >= 0, "--tol", self.tol, "a tolerance >= 0 (0: run to --max-iter)")
+        check_value(self.early_steps >= 0, "--early-steps", self.early_steps, ">= 0 (0: --tol at every step)")
+        check_value(self.early_steps == 0 or self.early_tol >= self.tol, "--early-tol", self.early_tol,
+                    f"a tolerance >= --tol {self.tol:g} (looser) when --early-steps > 0")
+        check_value(self.val_task is None or all(t in TEST_TASKS for t in self.val_tasks), "--val-task", self.val_task,
                     f"one of {list(TEST_TASKS)}")
         check_value(len(self.train_dirs) > 0, "--train-dirs", self.train_dirs, "at least one image folder")
         self.protocol  # noqa: B018 -- validates sr_init

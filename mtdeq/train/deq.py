@@ -59,7 +59,7 @@ from mtdeq.train.state import CsvLog, end_of_step, finish, init_fingerprint, loa
 
 VAL_TASK_FOR_SET = {"mtdeq": "blur1.6", "st_comp": "comp90", "st_sr": "sr2_bicubic_n1"}
 DEQ_LOG_COLUMNS = ["step", "loss", "val_psnr", "fp_iter_mean", "fp_iter_max", "pct_converged", "pct_diverged",
-                   "n_valid", "skipped", "lr", "tasks", "seconds"]
+                   "n_valid", "skipped", "lr", "tasks", "seconds", "tol", "images"]
 
 
 @dataclass
@@ -110,10 +110,7 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
     model, backbone = load_prior(cfg.init)
     model = model.to(device, memory_format=memory_format(channels_last)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    if cfg.lr_step > 0:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-    else:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[], gamma=cfg.lr_gamma)
+    scheduler = lr_scheduler(optimizer, cfg)
     ckpt = state_path(cfg)
     init_sha = init_fingerprint(cfg)  # once per run: the weights this run starts from
     start, totals = (0, {})
@@ -134,11 +131,14 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
                dynamic_ncols=True)
     for step in range(start + 1, cfg.steps + 1):  # "for a number of epochs / for x in D"
         t0 = time.perf_counter()
-        g = step_generator(cfg.seed, step)  # crops, flips, tasks, masks and noise of this step
-        x = data.sample_batch(g, cfg.batch_size).to(device)  # the whole batch, on every rank
-        tasks = [task_set.sample(g) for _ in range(cfg.n_tasks)]  # (A_i, sigma_i), i = 1..N
+        batches = []
+        for part in range(cfg.accum):  # crops, flips, tasks, masks and noise of this step's mini-batches
+            g = step_generator(cfg.seed, step, part)
+            x = data.sample_batch(g, cfg.batch_size).to(device)  # the whole mini-batch, on every rank
+            batches.append((x, [task_set.sample(g) for _ in range(cfg.n_tasks)], g))  # (A_i, sigma_i), i = 1..N
         lr = optimizer.param_groups[0]["lr"]
-        stats = deq_step(net, optimizer, x, tasks, g, cfg, dist=dist, amp=amp)
+        (x, tasks, g), micro = batches[0], batches[1:]
+        stats = deq_step(net, optimizer, x, tasks, g, cfg, dist=dist, amp=amp, tol=cfg.tol_at(step), micro=micro)
         scheduler_step(scheduler)
         stats.step, stats.lr, stats.seconds = step, lr, time.perf_counter() - t0
 
@@ -153,8 +153,8 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
         log_csv.write(step=step, loss=stats.loss, val_psnr=val, fp_iter_mean=float(np.mean(stats.iterations)),
                       fp_iter_max=max(stats.iterations), pct_converged=100 * stats.status.count("converged") / n,
                       pct_diverged=100 * stats.status.count("diverged") / n, n_valid=stats.n_valid,
-                      skipped=int(stats.skipped), lr=lr, tasks=";".join(t.name for t in tasks),
-                      seconds=stats.seconds)
+                      skipped=int(stats.skipped), lr=lr, tasks=";".join(t.name for t in stats.tasks),
+                      seconds=stats.seconds, tol=cfg.tol_at(step), images=step * cfg.batch_per_step)
         if on_step is not None:
             on_step(stats)
         bar.update(1)
@@ -167,9 +167,27 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
     return totals
 
 
+def lr_scheduler(optimizer, cfg: DEQTrainConfig):
+    """The learning-rate schedule of train-deq, stepped once per optimiser step.
+
+    Without warm-up: StepLR(lr_step, lr_gamma), or a constant rate when lr_step is 0.  With
+    ``lr_warmup`` W > 0: step k uses lr * min(1, k / W) * lr_gamma ** ((k - 1) // lr_step).
+    """
+    if cfg.lr_warmup > 0:
+        def factor(done: int) -> float:  # done = optimiser steps taken before this one
+            decay = cfg.lr_gamma ** (done // cfg.lr_step) if cfg.lr_step > 0 else 1.0
+            return min(1.0, (done + 1) / cfg.lr_warmup) * decay
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if cfg.lr_step > 0:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[], gamma=cfg.lr_gamma)
+
+
 # --------------------------------------------------------------------------- one mini-batch: L and Optim
 def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Generator,
-             cfg: DEQTrainConfig, *, dist: Dist = SINGLE, amp: str = "none") -> DEQStepStats:
+             cfg: DEQTrainConfig, *, dist: Dist = SINGLE, amp: str = "none", tol: float | None = None,
+             micro: list | tuple = ()) -> DEQStepStats:
     """One optimiser step of Algorithm 1 on crops x (B, 3, H, W) with the N given tasks.
 
     Each task's summed valid losses are back-propagated as soon as they are computed (only one
@@ -177,50 +195,36 @@ def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Ge
     valid (image, task) pairs, which gives the gradient of L = mean of the valid L_i.  No valid
     pair, or a non-finite gradient, skips the update.
 
+    tol: the fixed-point tolerance of this step (default cfg.tol; train_deq passes cfg.tol_at(step)).
+    micro: further mini-batches ``(x, tasks, generator)`` of the same step (gradient accumulation,
+    cfg.accum): their pairs join the mean, so the step is that of one batch of (1 + len(micro)) * B
+    crops, solved one mini-batch at a time.
+
     Data-parallel (dist.enabled; model is the DDP wrapper): x is the whole batch, this rank
-    solves dist.rows(B).  Tasks 1..N-1 back-propagate under no_sync; the last task always
-    back-propagates (0 * sum of the weights where it has no valid pair) so that every rank joins DDP's
-    all-reduce, which leaves (sum over ranks)/P in .grad; the global n then gives the scale
-    P / n.  The statistics returned are those of the whole batch, in one-process order.
+    solves dist.rows(B).  Every task group but the last of the last mini-batch back-propagates
+    under no_sync; that last one always back-propagates (0 * sum of the weights where it has no
+    valid pair) so that every rank joins DDP's all-reduce, which leaves (sum over ranks)/P in .grad;
+    the global n then gives the scale P / n.  The statistics returned are those of the whole batch,
+    in one-process order.
     """
     optimizer.zero_grad(set_to_none=True)
     stats = DEQStepStats(step=0, loss=None, tasks=list(tasks))
-    rows = dist.rows(x.shape[0]) if dist.enabled else None
     device = next(model.parameters()).device
-    # one noise seed per task, drawn in task order (the same draws in both modes)
-    seeds = [noise_seed(generator) for _ in tasks]
-    groups = task_groups(tasks, x, cfg) if cfg.batch_tasks else [[t] for t in range(len(tasks))]
+    batches = [(x, tasks, generator)] + list(micro)
     loss_sum = 0.0
-    outcomes: dict[int, TaskOutcome] = {}
-    for g, members in enumerate(groups):  # "for i = 1, ..., N" (a group of tasks solved as one batch)
-        last = g == len(groups) - 1
-        sync = model.no_sync() if dist.enabled and not last else contextlib.nullcontext()
-        with sync:
-            with autocast(device, amp):
-                solved = solve_tasks(model, x, [tasks[t] for t in members], [seeds[t] for t in members], cfg,
-                                     rows=rows)
-            outcomes.update(zip(members, solved))
-            valid = [o.per_image_loss[o.valid] for o in solved if o.valid.any()]
-            total = None
-            if valid:
-                total = torch.cat(valid).sum()
-            elif dist.enabled and last:  # join DDP's all-reduce with exact zeros (no 0 * inf from invalid rows)
-                total = sum(p.sum() for p in model.parameters()) * 0.0
-            if total is not None:
-                total.backward()  # JFB (Eq. 4): d L_i / d theta through the one application of f_i
-                loss_sum += float(total.detach())
-                stats.n_valid += sum(int(o.valid.sum()) for o in solved)
-    per_task = [(outcomes[t].iterations, outcomes[t].status) for t in range(len(tasks))]
+    for k, (xk, tasks_k, gk) in enumerate(batches):
+        if k > 0:
+            stats.tasks += list(tasks_k)
+        n_valid, loss_k, per_task = _accumulate(model, xk, tasks_k, gk, cfg, tol=cfg.tol if tol is None else tol,
+                                                dist=dist, amp=amp, final=k == len(batches) - 1)
+        stats.n_valid += n_valid
+        loss_sum += loss_k
+        for iterations, status in per_task:
+            stats.iterations += iterations
+            stats.status += status
     if dist.enabled:
         n_valid, loss_sum = all_reduce([stats.n_valid, loss_sum], dist, device)
         stats.n_valid = int(round(n_valid))
-        gathered = [None] * dist.world_size
-        torch.distributed.all_gather_object(gathered, per_task)
-        per_task = [(sum((r[t][0] for r in gathered), []), sum((r[t][1] for r in gathered), []))
-                    for t in range(len(tasks))]
-    for iterations, status in per_task:
-        stats.iterations += iterations
-        stats.status += status
     if stats.n_valid == 0:
         stats.skipped = True
         optimizer.zero_grad(set_to_none=True)
@@ -236,6 +240,47 @@ def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Ge
         return stats
     optimizer.step()  # "theta <- Optim(theta, L)"
     return stats
+
+
+def _accumulate(model, x: torch.Tensor, tasks: list, generator: torch.Generator, cfg: DEQTrainConfig, *,
+                tol: float, dist: Dist, amp: str, final: bool) -> tuple[int, float, list]:
+    """Back-propagate the summed valid losses of one mini-batch (no division, no optimiser step).
+
+    Returns (valid pairs of this rank, their summed loss, per task (iterations, status) of the whole
+    batch); ``final``: this mini-batch's last task group joins DDP's all-reduce.
+    """
+    rows = dist.rows(x.shape[0]) if dist.enabled else None
+    device = next(model.parameters()).device
+    # one noise seed per task, drawn in task order (the same draws in both modes)
+    seeds = [noise_seed(generator) for _ in tasks]
+    groups = task_groups(tasks, x, cfg) if cfg.batch_tasks else [[t] for t in range(len(tasks))]
+    loss_sum, n_valid = 0.0, 0
+    outcomes: dict[int, TaskOutcome] = {}
+    for g, members in enumerate(groups):  # "for i = 1, ..., N" (a group of tasks solved as one batch)
+        last = final and g == len(groups) - 1
+        sync = model.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(device, amp):
+                solved = solve_tasks(model, x, [tasks[t] for t in members], [seeds[t] for t in members], cfg,
+                                     rows=rows, tol=tol)
+            outcomes.update(zip(members, solved))
+            valid = [o.per_image_loss[o.valid] for o in solved if o.valid.any()]
+            total = None
+            if valid:
+                total = torch.cat(valid).sum()
+            elif dist.enabled and last:  # join DDP's all-reduce with exact zeros (no 0 * inf from invalid rows)
+                total = sum(p.sum() for p in model.parameters()) * 0.0
+            if total is not None:
+                total.backward()  # JFB (Eq. 4): d L_i / d theta through the one application of f_i
+                loss_sum += float(total.detach())
+                n_valid += sum(int(o.valid.sum()) for o in solved)
+    per_task = [(outcomes[t].iterations, outcomes[t].status) for t in range(len(tasks))]
+    if dist.enabled:
+        gathered = [None] * dist.world_size
+        torch.distributed.all_gather_object(gathered, per_task)
+        per_task = [(sum((r[t][0] for r in gathered), []), sum((r[t][1] for r in gathered), []))
+                    for t in range(len(tasks))]
+    return n_valid, loss_sum, per_task
 
 
 # --------------------------------------------------------------------------- tasks: y_i, z_i, L_i
@@ -263,7 +308,7 @@ def solve_task(model, x: torch.Tensor, task, generator: torch.Generator, cfg: DE
 
 
 def solve_tasks(model, x: torch.Tensor, tasks: list, seeds: list[int], cfg: DEQTrainConfig,
-                rows: slice | None = None) -> list[TaskOutcome]:
+                rows: slice | None = None, tol: float | None = None) -> list[TaskOutcome]:
     """The body of Algorithm 1's loop over i for tasks of one image size, on a batch x (B, 3, H, W).
 
     For each task, y = A x + sigma_noise eps through ``mtdeq.tasks.degrade`` (the test-time noise
@@ -277,6 +322,7 @@ def solve_tasks(model, x: torch.Tensor, tasks: list, seeds: list[int], cfg: DEQT
     images: one denoiser call per iteration for all of them, each image with its own operator,
     noise level, Anderson history and stopping rule, so each image follows its own trajectory
     (the same as when solved alone, up to floating-point rounding of the batched convolutions).
+    tol: the stopping tolerance (default cfg.tol).
     """
     from mtdeq.solvers import fb_map, fixed_point, jfb_output
 
@@ -297,9 +343,9 @@ def solve_tasks(model, x: torch.Tensor, tasks: list, seeds: list[int], cfg: DEQT
         f = fb_map([op for op in ops for _ in range(batch)], [y[b : b + 1] for y in ys for b in range(batch)],
                    model, eta=cfg.eta, sigma_denoise=torch.tensor(sigmas).repeat_interleave(batch))
     # z_i <- P(y_i); while 1/d ||z_i - f_i(z_i)||^2 >= tol: z_i <- f_i(z_i)   (no autograd)
-    z0 = torch.cat([op.init(y) for op, y in zip(ops, ys)])
-    z_star, info = fixed_point(f, z0, tol=cfg.tol, max_iter=cfg.max_iter, diverge_at=cfg.diverge_at,
-                               method=cfg.solver)
+    z0 = torch.cat([start(op, y, cfg) for op, y in zip(ops, ys)])
+    z_star, info = fixed_point(f, z0, tol=cfg.tol if tol is None else tol, max_iter=cfg.max_iter,
+                               diverge_at=cfg.diverge_at, method=cfg.solver)
     # L_i <- 1/d ||f_i(z_i) - x||^2, with autograd through this one application of f_i   (JFB, Eq. 4)
     out = jfb_output(f, z_star.detach())
     per_image = (out - torch.cat(xs)).pow(2).flatten(1).mean(dim=1)
@@ -314,25 +360,43 @@ def solve_tasks(model, x: torch.Tensor, tasks: list, seeds: list[int], cfg: DEQT
     return outcomes
 
 
+def start(op, y: torch.Tensor, cfg: DEQTrainConfig) -> torch.Tensor:
+    """z_0 = P(y): the operator's start, or with cfg.comp_init 'fill' the hole-filled completion start.
+
+    The fixed point does not depend on the start, but the number of iterations to reach it does:
+    from grey holes, completion at small sigma spreads information by about a pixel per iteration
+    and stalls under the cap (bench train --grad-check measures the gradient either way).
+    """
+    if cfg.comp_init == "fill" and getattr(op, "kind", "") == "inpaint":
+        return op.fill(y)
+    return op.init(y)
+
+
 # --------------------------------------------------------------------------- validation and summary
 def _deq_validation(model, cfg: DEQTrainConfig, device):
-    """A closure returning the mean PSNR of f(z*) on fixed val crops for a fixed task, or None."""
+    """A closure returning the mean PSNR of f(z*) on fixed val crops over the validation tasks
+    (cfg.val_tasks, the mean over tasks of the mean over crops), or None without cfg.val_dir."""
     val_x = load_val_crops(cfg.val_dir, cfg.crop, cfg.val_images)
     if val_x is None:
         return lambda: None
     from mtdeq.solvers import fb_map, fixed_point
     from mtdeq.tasks import TEST_TASKS
 
-    task = TEST_TASKS[cfg.val_task or VAL_TASK_FOR_SET[cfg.task_set]]
-    deg = cfg.protocol.degrade(task, val_x, seed=VAL_SEED)
-    y, x_gt = deg.y.to(device), deg.x_gt.to(device)
+    problems = []
+    for name in cfg.val_tasks:
+        task = TEST_TASKS[name]
+        deg = cfg.protocol.degrade(task, val_x, seed=VAL_SEED)
+        problems.append((task, deg.op, deg.y.to(device), deg.x_gt.to(device)))
 
     def validate() -> float:
-        f = fb_map(deg.op, y, model, eta=cfg.eta, sigma_denoise=cfg.eta * task.sigma_noise)
-        z_star, _ = fixed_point(f, deg.op.init(y), tol=cfg.tol, max_iter=cfg.max_iter,
-                                diverge_at=cfg.diverge_at, method=cfg.solver)
-        with torch.no_grad():
-            return mean_psnr(f(z_star), x_gt)
+        scores = []
+        for task, op, y, x_gt in problems:
+            f = fb_map(op, y, model, eta=cfg.eta, sigma_denoise=cfg.eta * task.sigma_noise)
+            z_star, _ = fixed_point(f, start(op, y, cfg), tol=cfg.tol, max_iter=cfg.max_iter,
+                                    diverge_at=cfg.diverge_at, method=cfg.solver)
+            with torch.no_grad():
+                scores.append(mean_psnr(f(z_star), x_gt))
+        return float(np.mean(scores))
 
     return validate
 

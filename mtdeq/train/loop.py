@@ -17,9 +17,14 @@ import torch
 VAL_SEED = 0  # validation degradations are fixed, whatever the training seed
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """CPU generator for every random draw of training step ``step`` (1-based), from (seed, step) only."""
-    hi, lo = np.random.SeedSequence([int(seed), int(step)]).generate_state(2, dtype=np.uint32)
+def step_generator(seed: int, step: int, part: int = 0) -> torch.Generator:
+    """CPU generator for every random draw of training step ``step`` (1-based), from (seed, step) only.
+
+    part > 0: the generator of the step's further mini-batches under gradient accumulation (part 0,
+    the first mini-batch, draws what a step without accumulation draws).
+    """
+    entropy = [int(seed), int(step)] + ([int(part)] if part else [])
+    hi, lo = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed((int(hi) << 31) ^ int(lo))
 
 

@@ -1,6 +1,7 @@
 # Helpers shared by the .smk files (which fetched dataset provides a path, which prior a
 # method uses, how a group of jobs launches Python). Only small pure functions live here.
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -159,6 +160,14 @@ BUDGET_PRIOR = {"proposed": "mtdeq", "control": "gauss_budget"}  # budget label 
 BATCH_TASKS = "--batch-tasks" if BUDGET["batch_tasks"] else "--no-batch-tasks"
 
 
+def deq_setting(key, *overrides):
+    """A deq.* setting: the first of the override dicts that sets it, else config deq."""
+    for source in overrides:
+        if key in source:
+            return source[key]
+    return DEQ[key]
+
+
 def budget_previous(w):
     """The model of the run's previous budget (the job that leaves the shared state behind), if any."""
     earlier = [k for k in BUDGET_STEPS if k < int(w.steps)]
@@ -178,3 +187,35 @@ def budget_evaluations():
         runs += [(m, BUDGET_SPREAD["seed"], BUDGET_SPREAD["steps"], "gauss") for m in BUDGET_PRIOR]
     return [f"{BUDGET_DIR}/eval/{m}/s{s}/{k}/{settings}/{task}.csv"
             for m, s, k, settings in runs for task in config["evaluate"]["tasks"]]
+
+
+# the lr_study target (workflow/rules/lr_study.smk)
+LR_STUDY = config["lr_study"]
+LR_DIR = f"results/{SCALE}/lr_study"
+LR_RUNS = {run["name"]: {k: v for k, v in run.items() if k != "name"} for run in LR_STUDY["runs"]}
+if len(LR_RUNS) != len(LR_STUDY["runs"]):
+    raise ValueError("lr_study.runs: two runs share a name")
+
+
+def lr_setting(run, key):
+    """A deq.* setting of lr_study run `run`: its own value, else lr_study.base's, else deq's."""
+    if key == "steps":
+        return LR_RUNS[run].get("steps", LR_STUDY["base"].get("steps", LR_STUDY["steps"]))
+    return deq_setting(key, LR_RUNS[run], LR_STUDY["base"])
+
+
+def lr_flag(run, key, flag):
+    """'--flag' / '--no-flag' for a boolean setting of a run."""
+    return f"--{flag}" if lr_setting(run, key) else f"--no-{flag}"
+
+
+def lr_study_files(kind):
+    """The runs' logs or models; a clear error when lr_study.runs is empty."""
+    def files(w):
+        if not LR_RUNS:
+            raise ValueError("target lr_study: lr_study.runs is empty; add runs to the config (see config/config.yaml)")
+        if kind == "logs":
+            return [f"{LR_DIR}/logs/{r}.csv" for r in LR_RUNS]
+        return [f"{LR_DIR}/models/{r}.pt" for r in LR_RUNS]
+
+    return files

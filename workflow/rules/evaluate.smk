@@ -9,7 +9,7 @@ TASKS = EVAL["tasks"]
 METHODS = EVAL["methods"]
 # edge extension of both grid searches (tune.extend_rounds beyond the grid, within the bounds)
 EXTEND = (f"--extend-rounds {TUNE['extend_rounds']} --max-iterations {TUNE['max_iterations']}"
-          f" --sigma-cap {TUNE['sigma_cap']}")
+          f" --sigma-cap {TUNE['sigma_cap']} --min-gain {TUNE['min_gain']}")
 # Table rows of `all`: evaluate.methods plus the extras of tune.own_priors and spread.seeds
 # (both empty by default).
 ALL_METHODS = METHODS + extra_methods(TUNE["own_priors"], config["spread"]["seeds"], "spread.seeds")

@@ -24,18 +24,23 @@ rule train_deq:
         lr=DEQ["lr"],
         lr_step=DEQ["lr_step"],
         lr_gamma=DEQ["lr_gamma"],
+        lr_warmup=DEQ["lr_warmup"],
+        accum=DEQ["accum"],
         eta=DEQ["eta"],
         tol=DEQ["tol"],
+        early=f"--early-tol {DEQ['early_tol']} --early-steps {DEQ['early_steps']}" if DEQ["early_steps"] else "",
         max_iter=DEQ["max_iter"],
         diverge_at=DEQ["diverge_at"],
         solver=DEQ["solver"],
         batch_tasks="--batch-tasks" if DEQ["batch_tasks"] else "--no-batch-tasks",
+        comp_init=DEQ["comp_init"],
         seed=lambda w: prior_seed(w.prior),
         checkpoint_every=DEQ["checkpoint_every"],
         state="",  # the budget target shares one resume state between the budgets of a run
         val_dir=config["data"]["val_set"],
         val_every=DEQ["val_every"],
         val_images=DEQ["val_images"],
+        val_task="",  # the task set's default (the lr_study target validates on several)
         launcher=launcher("train"),
         device=device("train"),
     log:
@@ -55,8 +60,10 @@ rule train_deq:
         " --task-set {params.task_set} --n-tasks {params.n_tasks} --train-dirs {params.train_dirs}"
         " --crop {params.crop} --batch-size {params.batch_size} --steps {params.steps}"
         " --lr {params.lr} --lr-step {params.lr_step} --lr-gamma {params.lr_gamma}"
-        " --eta {params.eta} --tol {params.tol} --max-iter {params.max_iter}"
-        " --diverge-at {params.diverge_at} --solver {params.solver} {params.batch_tasks} --seed {params.seed}"
+        " --lr-warmup {params.lr_warmup} --accum {params.accum}"
+        " --eta {params.eta} --tol {params.tol} {params.early} --max-iter {params.max_iter}"
+        " --diverge-at {params.diverge_at} --solver {params.solver} {params.batch_tasks} --comp-init {params.comp_init}"
+        " --seed {params.seed}"
         " --log-csv {log.csv} --checkpoint-every {params.checkpoint_every} {params.state}"
-        " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
+        " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images} {params.val_task}"
         " --threads {threads} --device {params.device} {params.protocol} > {log.stdout} 2>&1"
