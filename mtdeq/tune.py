@@ -128,6 +128,11 @@ def extend_value(name: str, tried: list[float], side: str, best: dict, bounds: B
     The step is the ratio of the two outermost values on that side (geometric spacing), or a
     factor 2 when only one value was tried.  Integers (K) are rounded and must change.
     """
+    return _extension(name, tried, side, best, bounds)[0]
+
+
+def _extension(name: str, tried: list[float], side: str, best: dict, bounds: Bounds) -> tuple[float | None, str]:
+    """(:func:`extend_value`'s value, or None with the bound that stops it, e.g. 'K cap 60')."""
     values = sorted(set(float(v) for v in tried))
     edge = values[0] if side == "min" else values[-1]
     inner = None if len(values) < 2 else values[1] if side == "min" else values[-2]
@@ -137,21 +142,25 @@ def extend_value(name: str, tried: list[float], side: str, best: dict, bounds: B
         new = float(round(new))
         if new == edge:
             new = edge - 1 if side == "min" else edge + 1
-        if new < 1 or new > bounds.max_iterations:
-            return None
-        return new
+        if new < 1:
+            return None, "K = 1"
+        if new > bounds.max_iterations:
+            return None, f"K cap {bounds.max_iterations}"
+        return new, ""
     if name in SIGMA_PARAMS:
         new = min(new, bounds.sigma_cap)
-        if new < bounds.sigma_floor or new == edge:
-            return None
+        if new == edge:
+            return None, f"sigma cap {bounds.sigma_cap:g}"
+        if new < bounds.sigma_floor:
+            return None, f"sigma floor {bounds.sigma_floor:g}"
         # a decreasing schedule: sigma_min <= sigma_max
         if name == "sigma_min" and new > best["sigma_max"]:
-            return None
+            return None, "<= sigma_max"
         if name == "sigma_max" and new < best["sigma_min"]:
-            return None
+            return None, ">= sigma_min"
     if new <= 0 or not math.isfinite(new):
-        return None
-    return float(f"{new:.4g}")
+        return None, "bound"
+    return float(f"{new:.4g}"), ""
 
 
 def refuse_test_set(images: str | Path) -> None:
@@ -323,26 +332,15 @@ def edge_bounds(group: pd.DataFrame, best: pd.Series, algorithm: str, flags: lis
         if bounds is None:
             reasons.append(f"{name}: unknown")
             continue
-        value = current[name]
-        if extend_value(name, group[name].tolist(), side, current, bounds) is not None:
-            if _is_flat(group, best, algorithm, name, side, bounds):
-                gain = edge_gain(group, best, algorithm, name, side)
-                limit = " (noise-free: lam -> 0 is the limit A x = y)" if _noise_free_lam(best, algorithm, name, side) else ""
-                reasons.append(f"{name}: flat, {gain:+.3f} dB for the last step{limit}")
-            else:
-                reasons.append(f"{name}: rounds spent")
-        elif name == "iterations":
-            reasons.append(f"{name}: K cap {bounds.max_iterations}" if side == "max" else f"{name}: K = 1")
-        elif name in SIGMA_PARAMS and side == "max" and value >= bounds.sigma_cap:
-            reasons.append(f"{name}: sigma cap {bounds.sigma_cap:g}")
-        elif name == "sigma_min" and side == "max":
-            reasons.append(f"{name}: <= sigma_max")
-        elif name == "sigma_max" and side == "min":
-            reasons.append(f"{name}: >= sigma_min")
-        elif name in SIGMA_PARAMS and side == "min":
-            reasons.append(f"{name}: sigma floor {bounds.sigma_floor:g}")
+        value, bound = _extension(name, group[name].tolist(), side, current, bounds)
+        if value is None:
+            reasons.append(f"{name}: {bound}")
+        elif _is_flat(group, best, algorithm, name, side, bounds):
+            gain = edge_gain(group, best, algorithm, name, side)
+            limit = " (noise-free: lam -> 0 is the limit A x = y)" if _noise_free_lam(best, algorithm, name, side) else ""
+            reasons.append(f"{name}: flat, {gain:+.3f} dB for the last step{limit}")
         else:
-            reasons.append(f"{name}: bound")
+            reasons.append(f"{name}: rounds spent")
     return reasons
 
 

@@ -184,15 +184,15 @@ def test_extend_value_follows_the_grid_spacing_and_stops_at_bounds():
 
 def _extend_to_optimum(objective, grid, rounds, bounds=tn.Bounds()):
     """Drive next_extension with a known objective, as tune() does; return the candidate table."""
-    rows = [{"method": "admm", **fields, "val_psnr": objective(fields)}
+    rows = [{"method": "admm", **fields, "val_psnr": objective(fields), "round": 0}
             for fields, _ in tn.candidates("admm", grid, 0.0)]
     swept = [n for n, v in tn.grid_axes("admm", grid).items() if len(v) > 1]
-    for _ in range(rounds):
+    for round_ in range(1, rounds + 1):
         proposal = tn.next_extension(pd.DataFrame(rows), "admm", swept, bounds)
         if proposal is None:
             break
         fields, _ = tn.make_candidate("admm", proposal, 0.0)
-        rows.append({"method": "admm", **fields, "val_psnr": objective(fields)})
+        rows.append({"method": "admm", **fields, "val_psnr": objective(fields), "round": round_})
     return pd.DataFrame(rows)
 
 
@@ -241,6 +241,42 @@ def test_edge_bound_says_which_bound_stopped_the_extension():
     reasons = tn.edge_bounds(early, best, "admm", tn.edge_flags(early, best, "admm"), bounds)
     assert any(r.endswith("rounds spent") for r in reasons)
     assert tn.edge_bounds(early, best, "admm", ["iterations=max"], None) == ["iterations: unknown"]
+
+
+def test_edge_extension_takes_turns_between_open_ended_parameters():
+    """Two parameters that both improve without end: the rounds alternate between them instead of
+    the first one (SWEPT order) spending them all."""
+    def objective(f):
+        return 30 - np.log(f["iterations"]) + 10 * np.log(f["sigma_min"])
+
+    grid = tn.Grid(iterations=(15, 30), sigma_max=(0.3,), sigma_min=(0.01, 0.025))
+    table = _extend_to_optimum(objective, grid, rounds=4, bounds=tn.Bounds(sigma_cap=0.3))
+    extended = table[table["round"] > 0]
+    new_k = set(extended["iterations"]) - set(grid.iterations)
+    new_sigma = set(extended["sigma_min"]) - set(grid.sigma_min)
+    assert (len(new_k), len(new_sigma)) == (2, 2), extended
+
+
+def test_flat_edge_stops_extension_and_says_so():
+    """An edge whose last step gained less than min_gain is flat: not extended, reported as flat."""
+    def objective(f):  # fewer iterations always better, by ever smaller amounts
+        return 30 - 0.02 * np.log(f["iterations"])
+
+    grid = tn.Grid(iterations=(15, 30), sigma_max=(0.3,), sigma_min=(0.01,))
+    bounds = tn.Bounds(min_gain=0.01)
+    table = _extend_to_optimum(objective, grid, rounds=10, bounds=bounds)
+    best = table.loc[table["val_psnr"].idxmax()]
+    # 30 -> 15 gains 0.0139 dB, 15 -> 8 gains 0.0126, 8 -> 4 gains 0.0139 ... each >= 0.01: keep going;
+    # the gain of a step is 0.02 log(ratio), flat once the ratio is below e^0.5 = 1.65 (4 -> 2 -> 1: 2, 2)
+    assert table["iterations"].min() == best["iterations"]
+    flat = tn.Bounds(min_gain=0.02)
+    table = _extend_to_optimum(objective, grid, rounds=10, bounds=flat)
+    best = table.loc[table["val_psnr"].idxmax()]
+    assert best["iterations"] == 15 and len(table) == 2  # 30 -> 15 gained 0.0139 < 0.02: flat, no round
+    reasons = tn.edge_bounds(table, best, "admm", tn.edge_flags(table, best, "admm"), flat)
+    assert reasons == ["iterations: flat, +0.014 dB for the last step"]
+    unbounded = _extend_to_optimum(objective, grid, rounds=10, bounds=tn.Bounds())
+    assert unbounded["iterations"].min() == 1  # min_gain 0: only the bound K = 1 stops it
 
 
 def test_tune_extension_rows_change_one_parameter_of_the_best(setup, tmp_path):

@@ -8,15 +8,19 @@ Algorithm 1 of the paper, and where each line lives here (B crops per mini-batch
           (A_i, sigma_i) picked from A x Sigma      train_deq:  task_set.sample(g), one per i
           y_i <- A_i(x) + eps_i                     solve_task: mtdeq.tasks.degrade (fresh noise
                                                                 for every image)
-          z_i <- P(y_i)                             solve_task: op.init(y_i)
+          z_i <- P(y_i)                             solve_task: start(): op.init(y_i), or for
+                                                                completion op.fill(y_i) (comp_init)
           while 1/d ||z_i - f_i(z_i)||^2 >= tol     solve_task: mtdeq.solvers.fixed_point, no
-            z_i <- f_i(z_i)                                     autograd (plain or Anderson)
+            z_i <- f_i(z_i)                                     autograd (plain or Anderson); tol
+                                                                is cfg.tol_at(step) (early_tol)
           L_i <- 1/d ||f_i(z_i) - x||^2             solve_task: per image, gradient only through
                                                                 this one application of f_i
         L <- 1/N sum_i L_i                          deq_step:   mean over the (image, i) pairs
                                                                 whose solve did not diverge
         theta <- Optim(theta, L)                    deq_step:   Jacobian-free gradient (Eq. 4),
-                                                                Adam; train_deq: StepLR
+                                                                Adam (after cfg.accum mini-batches);
+                                                                train_deq: lr_scheduler (warm-up,
+                                                                StepLR)
 
     with the forward-backward (FB) map of Eq. (3)
 
