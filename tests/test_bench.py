@@ -34,6 +34,27 @@ def test_bench_train_writes_csv(images, tmp_path, monkeypatch):
     assert 1 <= float(rows[0]["fp_iter_mean"]) <= 5
 
 
+def test_bench_train_grad_check_is_zero_for_the_reference_solve_and_not_for_a_loose_one(images, tmp_path):
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    out = tmp_path / "grad.csv"
+    args = parser.parse_args(["--backbone", "drunet", "--nc", "8", "16", "32", "64", "--nb", "1", "--init", "none",
+                              "--train-dirs", str(images), "--crop", "16", "--batch-size", "2", "--n-tasks", "2",
+                              "--steps", "2", "--max-iter", "40", "--threads", "1", "--out", str(out), "--grad-check",
+                              "--ref-tol", "1e-9", "--ref-max-iter", "40", "--solvers", "anderson",
+                              "--variants", "per-task-fill@1e-9", "per-task-fill@1e-2", "stacked-fill@1e-9"])
+    assert run_bench(args) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["step"], r["variant"]) for r in rows] == [
+        (s, v) for s in ("1", "2") for v in ("per-task-fill@1e-9", "per-task-fill@1e-2", "stacked-fill@1e-9")]
+    same = [r for r in rows if r["variant"].endswith("@1e-9")]
+    loose = [r for r in rows if r["variant"] == "per-task-fill@1e-2"]
+    assert all(float(r["rel_error"]) < 1e-4 and float(r["cosine"]) > 0.9999 for r in same)  # the reference itself
+    assert all(float(r["rel_error"]) > 1e-3 for r in loose)
+    assert rows[0]["batch_noise_rel"] == "" and float(rows[3]["batch_noise_rel"]) > 0
+    assert all(float(r["seed_noise_rel"]) > 0 for r in rows)
+
+
 def test_bench_train_projection_from_a_config(images, prior, tmp_path):
     """--config: cost per iteration and per JFB step measured, scaled to the config's runs."""
     base, paper = tmp_path / "base.yaml", tmp_path / "paper.yaml"

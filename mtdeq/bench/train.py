@@ -2,11 +2,14 @@
 
 For one model size and crop: seconds per Algorithm 1 step (``mtdeq.train.deq.deq_step``) with the
 plain and the Anderson fixed-point solver, each in the VARIANTS of the step (one solve per task or
-the N solves stacked, ``--batch-tasks``; default or channels-last weights), side by side, with the mean and largest fixed-point iteration counts
-and the share of converged / diverged solves, and seconds per ``pretrain-denoiser`` step; each
-after one untimed warm-up step.  Without --config the defaults are the quick scale's FFDNet prior
-(BENCH_DEFAULTS); with --config the run is the paper-scale projection of mtdeq.bench.projection
-(the arguments are shared, see ``add_bench_args``).
+the N solves stacked, ``--batch-tasks``; default or channels-last weights; grey or filled
+completion start, ``--comp-init``; ``VARIANT@TOL`` for another tolerance), side by side on the same
+crops, tasks and noise, with the mean and largest fixed-point iteration counts and the share of
+converged / diverged solves, and seconds per ``pretrain-denoiser`` step; each after one untimed
+warm-up step.  ``--grad-check`` instead compares each variant's step gradient with that of a tight
+solve -> results/bench/train_grad.csv.  Without --config the defaults are the quick scale's FFDNet
+prior (BENCH_DEFAULTS); with --config the run is the paper-scale projection of
+mtdeq.bench.projection (the arguments are shared, see ``add_bench_args``).
 """
 
 from __future__ import annotations
