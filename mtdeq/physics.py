@@ -262,12 +262,12 @@ class Inpaint:
         (circular, as the other operators); grey (0.5) where even std 8 sees no observed pixel.
         """
         _check_input(self, y, self.output_shape, "y")
-        mask = self._mask_like(y).expand_as(y)
-        out, todo = y.clone(), mask == 0
+        mask = self._mask_like(y)  # (H, W), broadcast over batch and channels
+        out, todo = y.clone(), (mask == 0).expand_as(y)
         for std in (1.0, 2.0, 4.0, 8.0):
             if not todo.any():
                 break
-            weight = _circular_gaussian_blur(mask, std)
+            weight = _circular_gaussian_blur(mask, std)  # once per level, not per image and channel
             est = _circular_gaussian_blur(y * mask, std) / weight.clamp_min(1e-12)
             take = todo & (weight > 0.05)
             out = torch.where(take, est, out)
@@ -424,7 +424,7 @@ def _gaussian(t: torch.Tensor, std: float) -> torch.Tensor:
 
 
 def _circular_gaussian_blur(u: torch.Tensor, std: float) -> torch.Tensor:
-    """Separable circular convolution of u (B, C, H, W) with normalised Gaussian taps of std ``std``
+    """Separable circular convolution of u (..., H, W) with normalised Gaussian taps of std ``std``
     (radius 3 std, at most half the image side)."""
     for dim in (-1, -2):
         n = u.shape[dim]

@@ -269,7 +269,7 @@ def next_extension(table: pd.DataFrame, algorithm: str, swept: list[str], bounds
     options = []
     for order, flag in enumerate(edge_flags(table, best, algorithm)):
         name, side = flag.split("=")
-        if name not in swept or _is_flat(table, best, algorithm, name, side, bounds):
+        if name not in swept or _flat_gain(table, best, algorithm, name, side, bounds) is not None:
             continue
         new = extend_value(name, table[name].tolist(), side, current, bounds)
         if new is None:
@@ -298,9 +298,10 @@ def edge_gain(table: pd.DataFrame, best: pd.Series, algorithm: str, name: str, s
     return float(best["val_psnr"]) - float(match["val_psnr"].max())
 
 
-def _is_flat(table, best, algorithm, name, side, bounds: Bounds) -> bool:
+def _flat_gain(table, best, algorithm, name, side, bounds: Bounds) -> float | None:
+    """The last step's gain (:func:`edge_gain`) when the edge is flat (below bounds.min_gain), else None."""
     gain = edge_gain(table, best, algorithm, name, side) if bounds.min_gain > 0 else None
-    return gain is not None and gain < bounds.min_gain
+    return gain if gain is not None and gain < bounds.min_gain else None
 
 
 def edge_flags(group: pd.DataFrame, best: pd.Series, algorithm: str) -> list[str]:
@@ -333,10 +334,10 @@ def edge_bounds(group: pd.DataFrame, best: pd.Series, algorithm: str, flags: lis
             reasons.append(f"{name}: unknown")
             continue
         value, bound = _extension(name, group[name].tolist(), side, current, bounds)
+        gain = None if value is None else _flat_gain(group, best, algorithm, name, side, bounds)
         if value is None:
             reasons.append(f"{name}: {bound}")
-        elif _is_flat(group, best, algorithm, name, side, bounds):
-            gain = edge_gain(group, best, algorithm, name, side)
+        elif gain is not None:
             limit = " (noise-free: lam -> 0 is the limit A x = y)" if _noise_free_lam(best, algorithm, name, side) else ""
             reasons.append(f"{name}: flat, {gain:+.3f} dB for the last step{limit}")
         else:

@@ -212,13 +212,12 @@ def deq_step(model, optimizer, x: torch.Tensor, tasks: list, generator: torch.Ge
     in one-process order.
     """
     optimizer.zero_grad(set_to_none=True)
-    stats = DEQStepStats(step=0, loss=None, tasks=list(tasks))
+    stats = DEQStepStats(step=0, loss=None)
     device = next(model.parameters()).device
     batches = [(x, tasks, generator)] + list(micro)
     loss_sum = 0.0
     for k, (xk, tasks_k, gk) in enumerate(batches):
-        if k > 0:
-            stats.tasks += list(tasks_k)
+        stats.tasks += list(tasks_k)
         n_valid, loss_k, per_task = _accumulate(model, xk, tasks_k, gk, cfg, tol=cfg.tol if tol is None else tol,
                                                 dist=dist, amp=amp, final=k == len(batches) - 1)
         stats.n_valid += n_valid
