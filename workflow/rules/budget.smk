@@ -27,8 +27,7 @@ use rule train_deq as budget_train_proposed with:
         batch_tasks=BATCH_TASKS,
         comp_init=deq_setting("comp_init", BUDGET["deq"]),
         tol=deq_setting("tol", BUDGET["deq"]),
-        early=(f"--early-tol {deq_setting('early_tol', BUDGET['deq'])} --early-steps {deq_setting('early_steps', BUDGET['deq'])}"
-               if deq_setting("early_steps", BUDGET["deq"]) else ""),
+        early=early_tol_option(BUDGET["deq"]),
         state=budget_state,
     log:
         stdout="logs/{scale}/budget/train/{method}_s{seed}_{steps}.log",

@@ -168,6 +168,12 @@ def deq_setting(key, *overrides):
     return DEQ[key]
 
 
+def early_tol_option(*overrides):
+    """'--early-tol T --early-steps N' of the deq settings (overrides first), or '' when early_steps is 0."""
+    steps = deq_setting("early_steps", *overrides)
+    return f"--early-tol {deq_setting('early_tol', *overrides)} --early-steps {steps}" if steps else ""
+
+
 def budget_previous(w):
     """The model of the run's previous budget (the job that leaves the shared state behind), if any."""
     earlier = [k for k in BUDGET_STEPS if k < int(w.steps)]

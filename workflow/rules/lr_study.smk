@@ -22,8 +22,7 @@ use rule train_deq as lr_study_train with:
         lr_warmup=lambda w: lr_setting(w.run, "lr_warmup"),
         accum=lambda w: lr_setting(w.run, "accum"),
         tol=lambda w: lr_setting(w.run, "tol"),
-        early=lambda w: (f"--early-tol {lr_setting(w.run, 'early_tol')} --early-steps {lr_setting(w.run, 'early_steps')}"
-                         if lr_setting(w.run, "early_steps") else ""),
+        early=lambda w: early_tol_option(LR_RUNS[w.run], LR_STUDY["base"]),
         batch_tasks=lambda w: lr_flag(w.run, "batch_tasks", "batch-tasks"),
         comp_init=lambda w: lr_setting(w.run, "comp_init"),
         seed=config["seed"],

@@ -28,7 +28,7 @@ rule train_deq:
         accum=DEQ["accum"],
         eta=DEQ["eta"],
         tol=DEQ["tol"],
-        early=f"--early-tol {DEQ['early_tol']} --early-steps {DEQ['early_steps']}" if DEQ["early_steps"] else "",
+        early=early_tol_option(),
         max_iter=DEQ["max_iter"],
         diverge_at=DEQ["diverge_at"],
         solver=DEQ["solver"],
