@@ -178,7 +178,7 @@ def run_bench(args) -> int:
     """Seconds per MTDEQ step (plain and Anderson, with mean fixed-point iterations) and per
     denoiser step, for one model size and crop; writes args.out (CSV).  With --config: the
     projected CPU- and GPU-hours of that config's training runs."""
-    from mtdeq.io import atomic_write_text, provenance
+    from mtdeq.io import provenance
     from mtdeq.models import BackboneConfig, build_backbone, load_prior
 
     if args.config:
@@ -225,9 +225,7 @@ def run_bench(args) -> int:
     rows.append({**common, "stage": "pretrain-denoiser", "solver": "", "seconds_per_step": float(np.mean(seconds))})
     print(f"pretrain-denoiser: {rows[-1]['seconds_per_step']:.3f} s/step", flush=True)
 
-    lines = [",".join(BENCH_COLUMNS)] + [",".join(str(fmt_cell(r.get(c))) for c in BENCH_COLUMNS) for r in rows]
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _write_csv(args.out, BENCH_COLUMNS, rows)
     return 0
 
 
@@ -242,7 +240,7 @@ def _grad_check(args, base, data, device) -> int:
     """Does a variant change the step's gradient?  Per step: the relative error and cosine of each
     variant's gradient against a tight solve's, and as yardsticks the relative difference of the tight
     gradient under other noise and masks (same crops and tasks) and of the previous step's batch."""
-    from mtdeq.io import atomic_write_text, provenance
+    from mtdeq.io import provenance
     from mtdeq.tasks import TASK_SETS
 
     solver = args.solvers[-1]
@@ -275,9 +273,15 @@ def _grad_check(args, base, data, device) -> int:
                   f"{seed_rel:.3f}" + (f", previous batch {batch_rel:.3f}" if batch_rel is not None else "")
                   + f"; iterations {rows[-1]['fp_iter_mean']:.1f}, converged {rows[-1]['pct_converged']:.0f}%",
                   flush=True)
-        g.set_state(state)
         previous = reference
-    lines = [",".join(GRAD_COLUMNS)] + [",".join(str(fmt_cell(r.get(c))) for c in GRAD_COLUMNS) for r in rows]
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _write_csv(args.out, GRAD_COLUMNS, rows)
     return 0
+
+
+def _write_csv(path, columns: list[str], rows: list[dict]) -> None:
+    """Write ``rows`` (cells by column name, missing ones empty) as a CSV at ``path``, atomically."""
+    from mtdeq.io import atomic_write_text
+
+    lines = [",".join(columns)] + [",".join(str(fmt_cell(r.get(c))) for c in columns) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    print(f"wrote {path}")
