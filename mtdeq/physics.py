@@ -166,7 +166,24 @@ def build(kind: str, image_shape: tuple[int, int], **params):
 # Operators
 
 
-class Identity:
+class _Operator:
+    """What every operator shares: the data-term gradient and the prox's input checks."""
+
+    image_shape: tuple[int, int]
+    output_shape: tuple[int, int]
+
+    def data_grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A^T (A x - y), the gradient of 1/2 ||A x - y||^2."""
+        return self.A_adjoint(self.A(x) - y)
+
+    def _prox_inputs(self, z: torch.Tensor, y: torch.Tensor, gamma):
+        """Check prox_l2's z and y; return gamma as a positive float or a tensor like z (_as_gamma)."""
+        _check_input(self, z, self.image_shape, "z")
+        _check_input(self, y, self.output_shape, "y")
+        return _as_gamma(gamma, z)
+
+
+class Identity(_Operator):
     """A = I (Gaussian denoising). prox: x = (z + gamma y) / (1 + gamma)."""
 
     kind = "identity"
@@ -184,13 +201,8 @@ class Identity:
         _check_input(self, y, self.output_shape, "y")
         return y.clone()
 
-    def data_grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.A_adjoint(self.A(x) - y)
-
     def prox_l2(self, z: torch.Tensor, y: torch.Tensor, gamma) -> torch.Tensor:
-        _check_input(self, z, self.image_shape, "z")
-        _check_input(self, y, self.output_shape, "y")
-        gamma = _as_gamma(gamma, z)
+        gamma = self._prox_inputs(z, y, gamma)
         return (z + gamma * y) / (1.0 + gamma)
 
     def init(self, y: torch.Tensor) -> torch.Tensor:
@@ -201,7 +213,7 @@ class Identity:
         return f"Identity(image_shape={self.image_shape})"
 
 
-class Inpaint:
+class Inpaint(_Operator):
     """A x = m * x with a fixed keep-mask m in {0,1}^(H, W), shared by the channels.
 
     P[m = 0] = p_drop for each pixel independently; m is drawn from a CPU ``torch.Generator``
@@ -239,13 +251,8 @@ class Inpaint:
         _check_input(self, y, self.output_shape, "y")
         return y * self._mask_like(y)
 
-    def data_grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.A_adjoint(self.A(x) - y)
-
     def prox_l2(self, z: torch.Tensor, y: torch.Tensor, gamma) -> torch.Tensor:
-        _check_input(self, z, self.image_shape, "z")
-        _check_input(self, y, self.output_shape, "y")
-        gamma = _as_gamma(gamma, z)
+        gamma = self._prox_inputs(z, y, gamma)
         mask = self._mask_like(z)
         return (gamma * mask * y + z) / (gamma * mask + 1.0)
 
@@ -279,7 +286,7 @@ class Inpaint:
                f"seed={self.params['seed']})"
 
 
-class ConvDecimate:
+class ConvDecimate(_Operator):
     """A x = S (k * x): circular convolution with a fixed kernel k, then decimation S by ``scale``.
 
     Used for ``blur`` (scale 1) and for ``sr_bicubic`` / ``sr_gauss``. With K = FFT(k) (HR grid,
@@ -365,13 +372,8 @@ class ConvDecimate:
         up = y if self.scale == 1 else self._upsample_zero(y)
         return self._convolve(up, adjoint=True)
 
-    def data_grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.A_adjoint(self.A(x) - y)
-
     def prox_l2(self, z: torch.Tensor, y: torch.Tensor, gamma) -> torch.Tensor:
-        _check_input(self, z, self.image_shape, "z")
-        _check_input(self, y, self.output_shape, "y")
-        gamma = _as_gamma(gamma, z)
+        gamma = self._prox_inputs(z, y, gamma)
         s = self.scale
         if s == 1:
             k_hat = self._const("_k_rfft", z)
