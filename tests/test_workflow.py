@@ -116,13 +116,11 @@ def test_protocol_reaches_training_tuning_evaluation_and_figure():
     assert all("--bicubic-a -0.75 --gauss-sr-support 2.0 --sr-init bilinear" in c
                for c in shell_commands(out, "train-deq"))
     assert all("--test-crop pnp-reg" in c for c in shell_commands(out, "figure"))
-    _, out = dry_run("--configfile", "config/config.yaml")  # quick: [8]'s protocol on full images
-    evals = shell_commands(out, "evaluate")
-    assert evals and all(test in c and "--crop" not in c for c in evals)
-    _, out = dry_run("--configfile", "config/quick-drunet.yaml")  # keeps the protocol of its reference
-    legacy = "--bicubic-a -0.5 --gauss-sr-support 0 --sr-init bilinear --test-crop multiple"
-    assert all(legacy in c and "--crop 128 " in c for c in shell_commands(out, "evaluate"))
-    assert all("--test-crop multiple" in c for c in shell_commands(out, "figure"))
+    for config in ("config/config.yaml", "config/quick-drunet.yaml"):  # [8]'s protocol on full images
+        _, out = dry_run("--configfile", config)
+        evals = shell_commands(out, "evaluate")
+        assert evals and all(test in c and "--crop" not in c for c in evals)
+        assert all("--test-crop pnp-reg" in c for c in shell_commands(out, "figure"))
 
 
 def test_quick_scale_computes_in_float32_and_gpu_groups_use_cuda():
