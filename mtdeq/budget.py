@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtdeq.cli import add_stage
 from mtdeq.tables import TABLES, read_paper, table_tasks
 
 BUDGET_COLUMNS = ["steps", "prior", "seed", "settings", "table", "task", "psnr", "n_images"]
@@ -223,8 +224,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``budget`` stage."""
-    p = subparsers.add_parser("budget", help="collect the training-budget runs: budget.csv, margins, budget.png",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_stage(subparsers, "budget", "collect the training-budget runs: budget.csv, margins, budget.png", __doc__)
     p.add_argument("--runs", required=True, help="folder of <prior>/s<seed>/<steps>/<settings>/<task>.csv")
     p.add_argument("--gauss-dir", required=True, help="the Gauss row's per-task CSVs, e.g. results/quick/eval/gauss")
     p.add_argument("--paper", default="results/paper/paper_tables.csv", help="the paper's numbers")

@@ -46,6 +46,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from mtdeq.cli import add_stage
 from mtdeq.fingerprint import explain
 from mtdeq.tables import DELTA_SUFFIX, PAPER_SUFFIX, TABLES
 
@@ -289,12 +290,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``check`` stage."""
-    p = subparsers.add_parser(
-        "check",
-        help="compare results/table{1,2}.csv with a blessed reference cell by cell (or --bless it)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_stage(subparsers, "check", "compare results/table{1,2}.csv with a blessed reference cell by cell (or --bless it)", __doc__)
     p.add_argument("--reference", required=True, help="blessed folder, e.g. results/reference/ci")
     p.add_argument("--results", default="results", help="folder with the regenerated tables (default results)")
     p.add_argument("--tolerance", type=float, default=None,

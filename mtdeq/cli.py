@@ -29,6 +29,12 @@ STAGE_MODULES = (
 )
 
 
+def add_stage(subparsers, name: str, summary: str, doc: str | None) -> argparse.ArgumentParser:
+    """Add one stage's sub-command: ``summary`` in the stage list, ``doc`` (the module docstring) verbatim under --help."""
+    return subparsers.add_parser(name, help=summary, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mtdeq",

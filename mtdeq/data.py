@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtdeq.cli import add_stage
+
 MANIFEST_COLUMNS = ("dataset", "path", "sha256", "url", "member")
 _CHUNK = 1 << 20
 
@@ -425,12 +427,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``fetch`` stage."""
-    p = subparsers.add_parser(
-        "fetch",
-        help="download (or copy from a mirror) a dataset or file and verify its SHA-256",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_stage(subparsers, "fetch", "download (or copy from a mirror) a dataset or file and verify its SHA-256", __doc__)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dataset", help="dataset name in the manifest, e.g. Set5")
     what.add_argument("--url", help="fetch this single URL to --dest (paper-scale data, weights)")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtdeq.cli import add_stage
 from mtdeq.tasks import TEST_PROTOCOL, Protocol, add_protocol_args, protocol_from_args
 
 CSV_COLUMNS = ["image", "method", "task", "sigma_noise", "psnr", "ssim", "iterations", "seconds"]
@@ -297,12 +298,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``evaluate`` stage."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="restore the test images of one task with one prior (PnP-ADMM or RED); per-image CSV",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_stage(subparsers, "evaluate", "restore the test images of one task with one prior (PnP-ADMM or RED); per-image CSV", __doc__)
     p.add_argument("--method", required=True, help=f"table row, one of {', '.join(METHODS)} (or an extra label)")
     p.add_argument("--prior", required=True, help="checkpoint of the prior (mtdeq.models.load_prior)")
     p.add_argument("--task", required=True, help="test task name (mtdeq.tasks.TEST_TASKS), e.g. comp90")

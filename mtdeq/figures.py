@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtdeq.cli import add_stage
 from mtdeq.tasks import CROPS, TEST_PROTOCOL
 
 DEFAULT_ROWS = ("comp90=butterfly", "blur1.6=bird", "sr2_bicubic_n1=baby")
@@ -142,12 +143,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``figure`` stage."""
-    p = subparsers.add_parser(
-        "figure",
-        help="Fig. 2: ground truth, degraded input, RED, Gauss, Proposed with PSNRs",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_stage(subparsers, "figure", "Fig. 2: ground truth, degraded input, RED, Gauss, Proposed with PSNRs", __doc__)
     p.add_argument("--eval-dir", required=True, help="results/<scale>/eval (for the PSNRs)")
     p.add_argument("--restored-dir", required=True, help="results/<scale>/restored (<method>/<task>/<image>.png)")
     p.add_argument("--images", required=True, help="ground-truth folder, e.g. data/Set5")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtdeq.cli import add_stage
+
 LR_COLUMNS = ["run", "step", "images", "lr", "val_psnr", "delta"]
 
 
@@ -143,8 +145,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``lr-study`` stage."""
-    p = subparsers.add_parser("lr-study", help="collect the learning-rate / batch runs: lr_study.csv, .md, .png",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_stage(subparsers, "lr-study", "collect the learning-rate / batch runs: lr_study.csv, .md, .png", __doc__)
     p.add_argument("--log", nargs="+", required=True, metavar="NAME=PATH", help="train-deq log CSV of each run")
     p.add_argument("--spec", default="", help="JSON {run: {deq key: value}} of the runs' settings (for the table)")
     p.add_argument("--out", required=True, help="lr_study.csv to write")

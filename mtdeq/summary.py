@@ -48,6 +48,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtdeq.cli import add_stage
+
 TIMING_COLUMNS = ["rule", "job", "seconds", "max_rss_mb", "cpu_time_s", "wall_span_s"]
 CONVERGENCE_COLUMNS = ["prior", "steps", "fp_iter_mean", "fp_iter_max", "pct_converged", "pct_diverged",
                        "skipped_steps", "final_loss", "val_psnr_first", "val_psnr_last"]
@@ -171,12 +173,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``summarize`` stage."""
-    p = subparsers.add_parser(
-        "summarize",
-        help="per-job run times (benchmark TSVs) and DEQ fixed-point convergence (training logs) of a run",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_stage(subparsers, "summarize", "per-job run times (benchmark TSVs) and DEQ fixed-point convergence (training logs) of a run", __doc__)
     p.add_argument("--scale", required=True, help="scale of the run (recorded in the provenance)")
     p.add_argument("--benchmarks", required=True, help="benchmark folder of the run, e.g. benchmarks/quick")
     p.add_argument("--train-logs", required=True, help="training-log folder, e.g. results/quick/logs")

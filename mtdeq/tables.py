@@ -51,6 +51,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtdeq.cli import add_stage
 from mtdeq.evaluate import CSV_COLUMNS
 
 
@@ -517,12 +518,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``tables`` stage."""
-    p = subparsers.add_parser(
-        "tables",
-        help="Tables I and II (CSV, Markdown, provenance) from the per-image eval CSVs, beside the paper",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_stage(subparsers, "tables", "Tables I and II (CSV, Markdown, provenance) from the per-image eval CSVs, beside the paper", __doc__)
     p.add_argument("--eval-dir", required=True, help="folder of <method>/<task>.csv, e.g. results/quick/eval")
     p.add_argument("--methods", nargs="+", default=None,
                    help="only these method folders of --eval-dir (default: every folder)")

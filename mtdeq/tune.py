@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtdeq.cli import add_stage
 from mtdeq.evaluate import SolverParams, load_test_images, run_solver
 from mtdeq.runtime import resolve_device
 from mtdeq.tasks import TEST_PROTOCOL, Protocol, add_protocol_args, protocol_from_args
@@ -432,12 +433,7 @@ def _run_collect(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``tune`` and ``collect-tuned`` stages."""
-    p = subparsers.add_parser(
-        "tune",
-        help="grid-search PnP-ADMM or RED hyper-parameters for one task on validation images (never Set5)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_stage(subparsers, "tune", "grid-search PnP-ADMM or RED hyper-parameters for one task on validation images (never Set5)", __doc__)
     p.add_argument("--method", required=True, choices=("admm", "red"), help="algorithm to tune")
     p.add_argument("--task", required=True, help="test task name (mtdeq.tasks.TEST_TASKS)")
     p.add_argument("--prior", required=True, help="checkpoint of the prior (the Gauss prior for the tables)")
