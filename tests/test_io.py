@@ -130,3 +130,28 @@ def test_provenance_records_code_and_versions():
         assert rec["git_commit"] == head.stdout.strip() and isinstance(rec["git_dirty"], bool)
     else:
         assert rec["git_commit"] == "unknown"
+
+
+def test_png_figure_is_lossless_and_drops_only_an_opaque_alpha(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtdeq.io import write_png_figure
+
+    def figure(transparent):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.imshow(np.random.default_rng(0).random((16, 16, 3)))
+        if transparent:
+            fig.patch.set_alpha(0.0)
+        return fig
+
+    for transparent in (False, True):
+        raw = io.BytesIO()
+        figure(transparent).savefig(raw, format="png", dpi=50)
+        expected = np.asarray(Image.open(raw))
+        out = write_png_figure(tmp_path / f"f{transparent}.png", figure(transparent), dpi=50)
+        written = Image.open(out)
+        assert written.mode == ("RGBA" if transparent else "RGB")
+        assert np.array_equal(np.asarray(written), expected if transparent else expected[..., :3])
+        plt.close("all")
