@@ -33,7 +33,8 @@ import pandas as pd
 from mtdeq.cli import add_stage
 from mtdeq.tasks import TEST_PROTOCOL, Protocol, add_protocol_args, protocol_from_args
 
-CSV_COLUMNS = ["image", "method", "task", "sigma_noise", "psnr", "ssim", "iterations", "seconds"]
+# psnr: clipped to [0, 1] (our convention); psnr_unclipped: [8]'s compare_psnr, which does not clip
+CSV_COLUMNS = ["image", "method", "task", "sigma_noise", "psnr", "ssim", "iterations", "seconds", "psnr_unclipped"]
 BUDGET_COLUMNS = ["psnr_2x", "iterations_2x"]  # with --budget-check: the same solve with 2x the iterations
 TUNED_COLUMNS = ["method", "task", "iterations", "sigma_max", "sigma_min", "lam", "sigma_denoise", "step"]
 # eval method -> which tuned-parameter row (algorithm) it uses; every method not listed uses admm
@@ -249,6 +250,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
                 "ssim": ssim(x_hat, deg.x_gt),
                 "iterations": int(info.iterations),
                 "seconds": float(info.seconds),
+                "psnr_unclipped": psnr(x_hat, deg.x_gt, clip=False),
                 **budget,
             }
         )

@@ -7,6 +7,9 @@ conversion), data range 1:
 
     PSNR(x, ref) = 10 log10( 1 / mean((clip(x, 0, 1) - ref)^2) )          [dB]
 
+[8]'s ``compare_psnr`` does not clip; ``psnr(x, ref, clip=False)`` is that variant (the
+evaluation CSVs carry it as ``psnr_unclipped``, so the choice is measured, not assumed).
+
 SSIM is scikit-image's ``structural_similarity`` (7x7 uniform window, K1 = 0.01,
 K2 = 0.03, data_range = 1) computed per channel and averaged over the three channels.
 Computation is in float64 so results do not depend on the input dtype.
@@ -21,8 +24,8 @@ import torch
 from skimage.metrics import structural_similarity
 
 
-def _as_pair(x: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (clip(x, 0, 1), ref) as float64 CPU tensors of shape (3, H, W)."""
+def _as_pair(x: torch.Tensor, ref: torch.Tensor, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (clip(x, 0, 1) or x, ref) as float64 CPU tensors of shape (3, H, W)."""
     out = []
     for name, t in (("x", x), ("ref", ref)):
         if not isinstance(t, torch.Tensor):
@@ -39,15 +42,16 @@ def _as_pair(x: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     x64, ref64 = out
     if x64.shape != ref64.shape:
         raise ValueError(f"shape mismatch: x {tuple(x64.shape)} vs ref {tuple(ref64.shape)}")
-    return x64.clamp(0.0, 1.0), ref64
+    return (x64.clamp(0.0, 1.0) if clip else x64), ref64
 
 
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+def psnr(x: torch.Tensor, ref: torch.Tensor, *, clip: bool = True) -> float:
     """PSNR in dB of x against ref: 10 log10(1 / MSE(clip(x, 0, 1), ref)), all RGB pixels.
 
-    x, ref: (3, H, W) or (1, 3, H, W), values in [0, 1].  Returns ``inf`` when identical.
+    x, ref: (3, H, W) or (1, 3, H, W), ref in [0, 1].  ``clip=False`` scores x as it is
+    ([8]'s convention).  Returns ``inf`` when identical.
     """
-    x64, ref64 = _as_pair(x, ref)
+    x64, ref64 = _as_pair(x, ref, clip)
     mse = torch.mean((x64 - ref64) ** 2).item()
     if mse == 0.0:
         return math.inf

@@ -56,3 +56,15 @@ def test_metrics_reject_bad_shapes():
         psnr(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match="RGB"):
         ssim(torch.rand(1, 8, 8), torch.rand(1, 8, 8))
+
+
+def test_psnr_unclipped_is_pnp_reg_convention():
+    """clip=False scores x as it is (as [8]'s compare_psnr): out-of-range values then cost PSNR."""
+    gen = torch.Generator().manual_seed(3)
+    ref = torch.rand(3, 16, 16, generator=gen)
+    x = ref + 0.2 * torch.randn(3, 16, 16, generator=gen)            # leaves [0, 1] in places
+    expected = peak_signal_noise_ratio(ref.double().numpy(), x.double().numpy(), data_range=1.0)
+    assert psnr(x, ref, clip=False) == pytest.approx(expected, abs=1e-9)
+    assert psnr(x, ref, clip=False) < psnr(x, ref)                     # clipping only moves x closer
+    inside = ref.clamp(0.1, 0.9)
+    assert psnr(inside, ref, clip=False) == pytest.approx(psnr(inside, ref), abs=1e-12)
