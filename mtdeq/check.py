@@ -19,14 +19,32 @@ Only our numbers are compared (rows of kind ``ours`` and ``extra``, the ``<task>
 never the paper's values, the differences or the derived rows, which follow from the
 compared cells).  Each cell is printed as ``table method task reference ours diff OK|FAIL``.
 The exit status is 1 when any cell differs by more than the tolerance (dB), when a reference
-cell has no value in the results, when no cell was compared at all, or when the results
-were produced at another scale than the reference (read from ``<table>.provenance.json``).
+cell has no value in the results, when no cell was compared at all, when the results
+were produced at another scale than the reference (read from ``<table>.provenance.json``), or
+when the per-image evidence fails its audit (below).
+
+Per-image evidence.  The tables stage writes ``per_image.csv``, the rows every cell is the mean
+of (mtdeq.per_image: method, task, image, seed, psnr, ...).  When the reference holds one, the
+check audits it against the reference's own tables and fails, naming the row, when
+
+* a (method, task, seed) lacks an image that other rows of the run have (every method x task
+  must hold the same image set), or a (method, task) lacks a seed of its method;
+* a (method, task, image, seed) appears twice;
+* a cell is not the mean of its rows within rounding (ROUNDING: the cells carry 2 decimals) --
+  a seeded method's cell is the mean over its seeds per image, then over the images, and a
+  ``<m>_seed<s>`` row the mean of seed s -- or rows of a table's task have no cell.
+
+The results' ``per_image.csv`` is audited the same way.  A folder without one (a reference
+blessed before per-image evidence, such as the quick and quick-drunet references of 2026-12)
+is reported as skipped and does not fail the check.
 
 ``--bless`` copies the current tables (``table{1,2}.csv``, ``.md``, ``.provenance.json``)
 and ``fig2.png`` when present into the reference folder, after checking that the folder is
 named after the results' scale and does not hold another scale's reference.  It also copies,
 when present, the run's records (EXTRA_FILES, same relative names): ``spread.csv``,
-``budget_check.csv`` (PSNR at K and 2K of the baselines), the extra
+``budget_check.csv`` (PSNR at K and 2K of the baselines), the per-image evidence and the
+verdicts (``per_image.csv``, ``margins.csv``, ``margin_counts.csv``, ``margins.md``,
+``seeds.csv``; results whose per-image rows fail the audit are not blessed), the extra
 tables ``extra/`` (target ``extra``), and from ``<results>/<scale>/`` the tuned parameters
 (``tuned_params.csv``, ``tuned_params_own/*.csv``), ``timings.csv`` and ``convergence.csv``;
 a copy left in the reference from an earlier bless whose source is now absent is removed,
@@ -44,21 +62,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from mtdeq.cli import add_stage
 from mtdeq.fingerprint import explain
+from mtdeq.per_image import audit, cell_means, split_seed
 from mtdeq.tables import DELTA_SUFFIX, PAPER_SUFFIX, TABLES
+from mtdeq.tolerance import FALLBACK_TOLERANCE, TOLERANCE_FILE, Tolerance, ToleranceError, tolerance_or_fallback
 
 COMPARED_KINDS = ("ours", "extra")
 TABLE_FILES = [f"{t}{ext}" for t in TABLES for ext in (".csv", ".md", ".provenance.json")]
 BLESSED_FILES = TABLE_FILES + ["fig2.png"]
 # optional records of the run, relative to --results ({scale} = the results' scale)
-EXTRA_FILES = ["spread.csv", "budget_check.csv", "protocol_validation.csv", "protocol_validation.md", *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
+PER_IMAGE_FILE = "per_image.csv"  # the rows every cell is the mean of (mtdeq.per_image)
+EVIDENCE_FILES = [PER_IMAGE_FILE, "margins.csv", "margin_counts.csv", "margins.md", "seeds.csv"]
+EXTRA_FILES = ["spread.csv", "budget_check.csv", "protocol_validation.csv", "protocol_validation.md", *EVIDENCE_FILES,
+               *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
+               *(f"extra/{name}" for name in EVIDENCE_FILES),
                "{scale}/tuned_params.csv", "{scale}/timings.csv", "{scale}/convergence.csv"]
 EXTRA_GLOBS = ["{scale}/tuned_params_own/*.csv"]
-TOLERANCE_FILE = "tolerance.yaml"  # written by hand from a measurement; kept across --bless
-FALLBACK_TOLERANCE = 0.05
 
 
 class CheckError(RuntimeError):
@@ -113,48 +134,16 @@ def our_cells(path: Path) -> dict[tuple[str, str], float]:
     return cells
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Allowed |ours - reference| in dB: per method key (one value, or one per table), else per table,
-    else the default."""
-
-    default: float
-    tables: dict
-    rows: dict
-    source: str
-
-    def of(self, table: str, method: str) -> float:
-        fallback = self.tables.get(table, self.default)
-        row = self.rows.get(method, fallback)
-        return float(row.get(table, fallback) if isinstance(row, dict) else row)
-
-
 def load_tolerance(reference: Path, override: float | None) -> Tolerance:
-    """--tolerance when given, else <reference>/tolerance.yaml, else FALLBACK_TOLERANCE."""
+    """--tolerance when given, else <reference>/tolerance.yaml, else FALLBACK_TOLERANCE (mtdeq.tolerance)."""
     if override is not None:
         if not (override >= 0):
             raise CheckError(f"--tolerance {override}: must be a number >= 0 (dB)")
         return Tolerance(override, {}, {}, "--tolerance")
-    path = reference / TOLERANCE_FILE
-    if not path.is_file():
-        return Tolerance(FALLBACK_TOLERANCE, {}, {}, f"fallback {FALLBACK_TOLERANCE} dB ({path} not found)")
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise CheckError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(spec, dict) or "default" not in spec:
-        raise CheckError(f"{path}: expected a mapping with a 'default' tolerance in dB")
-    unknown = sorted(set(spec) - {"default", "tables", "rows", "measured"})
-    if unknown:
-        raise CheckError(f"{path}: unknown key(s) {unknown}; expected default, tables, rows, measured")
-    tables, rows = spec.get("tables") or {}, spec.get("rows") or {}
-    values = [("default", spec["default"]), *tables.items()]
-    for method, value in rows.items():  # a number, or {table: number}
-        values += [(f"{method}.{t}", v) for t, v in value.items()] if isinstance(value, dict) else [(method, value)]
-    for key, value in values:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise CheckError(f"{path}: tolerance {key}: {value!r} is not a number >= 0 (dB)")
-    return Tolerance(float(spec["default"]), dict(tables), dict(rows), str(path))
+        return tolerance_or_fallback(reference / TOLERANCE_FILE)
+    except ToleranceError as err:
+        raise CheckError(str(err)) from None
 
 
 def compare(reference: Path, results: Path, tolerance: Tolerance) -> list[Cell]:
@@ -172,6 +161,72 @@ def compare(reference: Path, results: Path, tolerance: Tolerance) -> list[Cell]:
             cells.append(Cell(table, method, task, value, ours.get((method, task), math.nan),
                               tolerance.of(table, method)))
     return cells
+
+
+ROUNDING = 0.005 + 1e-4  # dB: the cells are printed with 2 decimals, the per-image rows with 6
+
+
+def cell_problems(per_image: pd.DataFrame, folder: Path) -> list[str]:
+    """Where the table cells of ``folder`` are not the means of its per-image rows (within ROUNDING).
+
+    A row key ``<m>_seed<s>`` is checked against method m's rows of seed s (mean over images), any
+    other key against all of the method's rows (seeds averaged per image, then images:
+    mtdeq.per_image.cell_means); per-image rows of a table's task without a cell are listed too.
+    """
+    problems = []
+    cells = {(m, t): v for m, t, v in cell_means(per_image)[["method", "task", "psnr"]].itertuples(index=False)}
+    for table in TABLES:
+        ours = our_cells(folder / f"{table}.csv")
+        tasks = set(pd.read_csv(folder / f"{table}.csv", nrows=0).columns)
+        for (key, task), value in ours.items():
+            method, seed = split_seed(key, -1)
+            if seed >= 0:
+                rows = per_image[(per_image["method"] == method) & (per_image["seed"] == seed)
+                                 & (per_image["task"] == task)]
+                mean = float(rows["psnr"].mean()) if len(rows) else math.nan
+            else:
+                mean = cells.get((key, task), math.nan)
+            if math.isnan(mean):
+                problems.append(f"{table} {key} {task}: cell {value:.2f} but no per-image rows")
+            elif abs(mean - value) > ROUNDING:
+                problems.append(f"{table} {key} {task}: cell {value:.2f} but its per-image rows average to "
+                                f"{mean:.4f} (|diff| {abs(mean - value):.4f} > {ROUNDING:.4f} dB)")
+        for (method, task) in cells:
+            if task in tasks and (method, task) not in ours:
+                problems.append(f"{table} {method} {task}: per-image rows but no table cell")
+    return problems
+
+
+def evidence_problems(folder: Path) -> list[str] | None:
+    """None when ``folder`` holds no per_image.csv (tables written before per-image evidence);
+    else what is wrong with it: mtdeq.per_image.audit (a missing image or seed, duplicates) and
+    cell_problems (rows that do not average to the cells)."""
+    path = folder / PER_IMAGE_FILE
+    if not path.is_file():
+        return None
+    per_image = pd.read_csv(path)
+    problems = audit(per_image)
+    if problems and problems[0].startswith("per-image rows lack"):
+        return [f"{path}: {p}" for p in problems]
+    return problems + cell_problems(per_image, folder)
+
+
+def report_evidence(label: str, folder: Path) -> bool:
+    """Print the per-image audit of one folder; True when it found problems (False when skipped)."""
+    problems = evidence_problems(folder)
+    if problems is None:
+        print(f"per-image evidence ({label}): {folder / PER_IMAGE_FILE} not found (tables written before "
+              "per-image evidence); audit skipped")
+        return False
+    if problems:
+        print(f"per-image evidence ({label}): FAIL, {len(problems)} problem(s) in {folder / PER_IMAGE_FILE}:")
+        for problem in problems:
+            print(f"  {problem}")
+        return True
+    rows = pd.read_csv(folder / PER_IMAGE_FILE)
+    print(f"per-image evidence ({label}): OK, {len(rows)} rows, {rows['image'].nunique()} image(s), "
+          f"seeds {sorted(int(s) for s in set(rows['seed']))}; every cell is the mean of its rows")
+    return False
 
 
 def _reference_name(relative: str, scale: str) -> str:
@@ -197,6 +252,10 @@ def bless(reference: Path, results: Path) -> list[Path]:
         old = read_scale(reference, "table1")
         if old != scale:
             raise CheckError(f"{reference} holds a reference for scale {old!r}; refusing to overwrite with {scale!r}")
+    problems = evidence_problems(results)
+    if problems:
+        raise CheckError(f"{results / PER_IMAGE_FILE}: refusing to bless tables whose per-image rows are not "
+                         "their evidence:\n  " + "\n  ".join(problems))
     copied = []
     for name in BLESSED_FILES:
         source = results / name
@@ -259,6 +318,8 @@ def run_check(reference: str | Path, results: str | Path, tolerance: float | Non
     print(f"reference: {describe_run(ref_side)}")
     print(f"results:   {describe_run(our_side)}")
     print(f"tolerance: {limits.source}")
+    evidence_failed = [report_evidence(label, folder) for label, folder in (("reference", reference),
+                                                                            ("results", results))]
     print(f"{'table':7} {'method':26} {'task':16} {'reference':>9} {'ours':>9} {'diff':>7} {'tol':>5}")
     for c in cells:
         print(_cell_line(c))
@@ -271,11 +332,13 @@ def run_check(reference: str | Path, results: str | Path, tolerance: float | Non
         for c in sorted(failed, key=lambda c: -abs(c.diff) if math.isfinite(c.diff) else -math.inf):
             print(_cell_line(c))
         print(f"where the runs part: {explain(ref_side.get('artefacts'), our_side.get('artefacts'))}")
-    verdict = "FAIL" if failed else "OK"
+    verdict = "FAIL" if failed or any(evidence_failed) else "OK"
     worst = max((abs(c.diff) for c in cells if math.isfinite(c.diff)), default=math.nan)
+    broken = [label for label, bad in zip(("reference", "results"), evidence_failed) if bad]
     print(f"check: {verdict}: {len(cells) - len(failed)}/{len(cells)} cell(s) within tolerance "
-          f"(max |diff| {worst:.3f} dB)")
-    return 1 if failed else 0
+          f"(max |diff| {worst:.3f} dB)"
+          + (f"; the {' and '.join(broken)} per-image rows are not the cells' evidence (see above)" if broken else ""))
+    return 1 if verdict == "FAIL" else 0
 
 
 def _cell_line(c: Cell) -> str:

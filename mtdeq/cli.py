@@ -26,6 +26,7 @@ STAGE_MODULES = (
     "mtdeq.budget",
     "mtdeq.lrstudy",
     "mtdeq.bench",
+    "mtdeq.docs",
 )
 
 

@@ -8,7 +8,7 @@ Two choices decide whether a number travels from one machine to another:
   in float32 amplifies the last-bit differences between SIMD kernels (AVX-512 vs AVX2 vs
   SSE, 1 vs 2 threads) into visible PSNR differences; in float64 those round-off
   differences are ~1e-16 relative and stay far below what a table prints, which is why the
-  ``ci`` scale, trained from scratch, runs in float64 (README, "Reference check").
+  ``ci`` scale, trained from scratch, runs in float64 (docs/reference-check.md).
 * **device** (``--device`` of every computing stage, config key ``device``): ``auto``
   (default) picks CUDA when available, then Apple's MPS, else the CPU, and says which.
 """

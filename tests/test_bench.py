@@ -34,7 +34,16 @@ def test_bench_train_writes_csv(images, tmp_path, monkeypatch):
     assert 1 <= float(rows[0]["fp_iter_mean"]) <= 5
 
 
-def test_bench_train_grad_check_is_zero_for_the_reference_solve_and_not_for_a_loose_one(images, tmp_path):
+def test_bench_train_grad_check_plumbing(images, tmp_path):
+    """Plumbing of ``bench train --grad-check`` only, not a claim about any start: one row per step x
+    variant in order, the '@TOL' of a variant reaching its solve, the yardsticks filled.
+
+    per-task-fill@1e-9 has the reference's own settings (--ref-tol 1e-9, --ref-max-iter = --max-iter 40,
+    filled start), so its zero error holds by construction; it fails if the variant's tolerance, start
+    or cap were mis-parsed (e.g. '@1e-9' dropped: --tol 1e-7).  stacked-fill@1e-9 takes the stacked
+    code path to the same solves; per-task-fill@1e-2 must differ (fails if '@1e-2' were ignored).
+    Whether the grey start's gradient is wrong is tested below with the pretrained FFDNet.
+    """
     parser = argparse.ArgumentParser()
     add_bench_args(parser)
     out = tmp_path / "grad.csv"
@@ -47,12 +56,62 @@ def test_bench_train_grad_check_is_zero_for_the_reference_solve_and_not_for_a_lo
     rows = list(csv.DictReader(out.open()))
     assert [(r["step"], r["variant"]) for r in rows] == [
         (s, v) for s in ("1", "2") for v in ("per-task-fill@1e-9", "per-task-fill@1e-2", "stacked-fill@1e-9")]
+    assert [(r["comp_init"], float(r["tol"])) for r in rows[:3]] == [("fill", 1e-9), ("fill", 1e-2), ("fill", 1e-9)]
     same = [r for r in rows if r["variant"].endswith("@1e-9")]
     loose = [r for r in rows if r["variant"] == "per-task-fill@1e-2"]
     assert all(float(r["rel_error"]) < 1e-4 and float(r["cosine"]) > 0.9999 for r in same)  # the reference itself
     assert all(float(r["rel_error"]) > 1e-3 for r in loose)
     assert rows[0]["batch_noise_rel"] == "" and float(rows[3]["batch_noise_rel"]) > 0
     assert all(float(r["seed_noise_rel"]) > 0 for r in rows)
+
+
+def test_grey_completion_start_gives_a_wrong_step_gradient_and_the_filled_start_a_close_one():
+    """README "Filled completion start": the grad check's comparison on one completion solve with the
+    pretrained FFDNet (skipped without the data mirror).
+
+    ST Comp's training task (90 % of the pixels dropped, sigma_noise 0, its mask seed fixed) on a 24 x 24
+    centre crop of Set14's monarch, the quick step's solve (Anderson, tol 1e-6, cap 60) against the grad
+    check's tight solve (filled start, tol 1e-8, cap 300: --ref-tol / --ref-max-iter), on one thread.
+    Measured: grey start 60 iterations (the cap), gradient relative error 31.5 (cosine 0.01); filled
+    start 2 iterations (converged), 0.106 (cosine 0.995).  (The tight solve itself ends at its cap of 300
+    above 1e-8 in float32.)  Fails if the grey start's gradient were as close as
+    the filled one's (within 10x, or below 5), or if the filled start's were not close (>= 0.3, cosine
+    <= 0.95) or needed the cap, or if comp_init 'fill' did not reach the solve (both rows would be equal).
+    Other crops and masks (24 x 24 and 32 x 32, Set14 and BSDS500 train): grey 6.1 to 81, fill 0.04 to 1.2.
+    """
+    import torch
+
+    from conftest import mirror_file
+    from mtdeq.bench.train import _step_gradient
+    from mtdeq.io import read_image
+    from mtdeq.models import BackboneConfig, load_prior
+    from mtdeq.tasks import Task
+    from mtdeq.train.config import DEQTrainConfig
+
+    base, _ = load_prior(mirror_file("weights/ffdnet_color.pth"), BackboneConfig("ffdnet", (96,), 12))
+    image, crop = read_image(mirror_file("Set14/monarch.png")), 24
+    top, left = (image.shape[1] - crop) // 2, (image.shape[2] - crop) // 2
+    x = image[None, :, top : top + crop, left : left + crop].contiguous()
+    task = Task("inpaint0.9_n0.000", "inpaint", (("p_drop", 0.9), ("seed", 2)), 0.0)
+
+    def gradient(comp_init: str, tol: float, max_iter: int):
+        cfg = DEQTrainConfig(out="-", init="-", train_dirs=("-",), task_set="st_comp", n_tasks=1, crop=crop,
+                             batch_size=1, solver="anderson", comp_init=comp_init, tol=tol, max_iter=max_iter)
+        return _step_gradient(base, x, [task], torch.Generator().manual_seed(0), cfg)
+
+    reference, _ = gradient("fill", 1e-8, 300)
+
+    def error(grad):
+        return float((grad - reference).norm() / reference.norm()), float(
+            grad @ reference / (grad.norm() * reference.norm()))
+
+    grey, grey_stats = gradient("grey", 1e-6, 60)
+    fill, fill_stats = gradient("fill", 1e-6, 60)
+    (grey_rel, _), (fill_rel, fill_cos) = error(grey), error(fill)
+    assert grey_stats.status == ["max_iter"] and grey_stats.iterations == [60]
+    assert fill_stats.status == ["converged"] and fill_stats.iterations[0] < 60
+    assert fill_rel < 0.3 and fill_cos > 0.95
+    assert grey_rel > 5 and grey_rel > 10 * fill_rel
 
 
 def test_bench_train_projection_from_a_config(images, prior, tmp_path):

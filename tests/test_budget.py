@@ -8,7 +8,8 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import REPO
+import torch
+from conftest import REPO, run_workflow
 
 from mtdeq.budget import BUDGET_COLUMNS, MARGIN_COLUMNS, BudgetSettings, paper_margins, run
 
@@ -113,3 +114,63 @@ def test_budget_target_trains_one_run_per_prior_and_seed_job_by_job():
     evals = re.findall(r"--out results/ci/budget/eval/\S+\.csv", text)
     assert len(evals) == (2 * 2 + 2 + 2) * 12  # 2 budgets x 2 priors, own at 8, seed 1 at 4
     assert "--gauss-dir results/ci/eval/gauss" in text
+
+
+# The `budget` target at a toy size on top of config/ci.yaml: 10 Gauss pretraining steps, one test
+# image (a 32 x 32 crop) and one task per table, a one-point tuning grid; budgets 2 and 4, seed 1 to
+# 2 steps, own settings at 4.
+TOY_BUDGET = """\
+denoiser: {steps: 10, lr_milestones: [], checkpoint_every: 0}
+tune:
+  max_images: 1
+  crop: 32
+  extend_rounds: 0
+  admm: {iterations: [4], sigma_max: [0.1], sigma_min: [0.01], lam_scale: [1.0]}
+evaluate: {methods: [gauss], tasks: [comp90, sr2_bicubic_n1], max_images: 1, crop: 32}
+budget: {steps: [2, 4], spread: {seed: 1, steps: 2}, own_settings: true, batch_tasks: true}
+"""
+
+
+@pytest.mark.slow
+def test_budget_target_runs_end_to_end_and_its_budgets_are_one_run(tmp_path):
+    """`snakemake budget` for real (about 2.5 min on 2 busy cores): budget.csv has the Gauss row and one
+    row per budget x prior x seed x settings x task, margins.csv every comparison per table, and the
+    figure exists.  The 4-step models are the 2-step jobs' runs continued: the MTDEQ run's 4-step
+    checkpoint is bit-for-bit the one of its training command run alone from scratch (float64, one
+    thread), and the two jobs' logs are that run's log split at step 2.  Fails if a budget job
+    restarted from the Gauss prior or skipped the shared state, or a row, task or file were missing."""
+    (tmp_path / "toy.yaml").write_text(TOY_BUDGET)
+    run_workflow(tmp_path, "budget", "config/ci.yaml", "toy.yaml")
+    out = tmp_path / "results" / "ci" / "budget"
+    tasks = {"table1": "comp90", "table2": "sr2_bicubic_n1"}
+    budget = pd.read_csv(out / "budget.csv")
+    priors = ("proposed", "control")
+    runs = ([(0, "gauss", 0, "gauss")] + [(k, p, 0, "gauss") for k in (2, 4) for p in priors]
+            + [(4, p, 0, "own") for p in priors] + [(2, p, 1, "gauss") for p in priors])
+    expected = {(*run, table, task) for run in runs for table, task in tasks.items()}
+    keys = ["steps", "prior", "seed", "settings", "table", "task"]
+    assert len(budget) == len(expected) == 18 and set(budget[keys].itertuples(index=False, name=None)) == expected
+    assert budget["n_images"].eq(1).all() and budget["psnr"].between(5, 60).all()
+    margin = pd.read_csv(out / "margins.csv")
+    keys = ["steps", "seed", "settings", "table", "comparison"]
+    assert set(margin[keys].itertuples(index=False, name=None)) == {
+        (k, s, setting, table, comparison) for k, s, setting in ((2, 0, "gauss"), (4, 0, "gauss"), (4, 0, "own"),
+                                                                 (2, 1, "gauss"))
+        for table in tasks for comparison in ("proposed-gauss", "control-gauss", "proposed-control")}
+    assert (out / "budget.png").stat().st_size > 10_000 and (out / "margins.md").is_file()
+
+    # one run per prior and seed: rerun the 4-step MTDEQ job's command alone, from scratch
+    chained = torch.load(out / "models" / "proposed_s0_4.pt", map_location="cpu", weights_only=False)
+    argv = list(chained["provenance"]["argv"][1:])  # after __main__.py: --precision float64 train-deq ...
+    for flag, value in (("--out", "alone.pt"), ("--state", "alone.ckpt"), ("--log-csv", "alone.csv")):
+        argv[argv.index(flag) + 1] = value
+    assert "--steps" in argv and argv[argv.index("--steps") + 1] == "4" and "--threads" in argv
+    proc = subprocess.run([sys.executable, "-m", "mtdeq", *argv], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone = torch.load(tmp_path / "alone.pt", map_location="cpu", weights_only=False)
+    assert chained["state_dict"].keys() == alone["state_dict"].keys()
+    assert all(torch.equal(chained["state_dict"][k], alone["state_dict"][k]) for k in alone["state_dict"])
+    first, second = (pd.read_csv(out / "logs" / f"proposed_s0_{k}.csv") for k in (2, 4))
+    assert first["step"].tolist() == [0, 1, 2] and second["step"].tolist() == [3, 4]
+    whole = pd.read_csv(tmp_path / "alone.csv")
+    pd.testing.assert_series_equal(pd.concat([first, second], ignore_index=True)["loss"], whole["loss"])

@@ -47,7 +47,8 @@ def test_bless_writes_reference(blessed):
     names = sorted(p.name for p in blessed.iterdir())
     assert names == sorted(["fig2.png", "table1.csv", "table1.md", "table1.provenance.json",
                             "table2.csv", "table2.md", "table2.provenance.json", "spread.csv",
-                            "budget_check.csv", "protocol_validation.csv", "protocol_validation.md"])
+                            "budget_check.csv", "protocol_validation.csv", "protocol_validation.md",
+                            "per_image.csv", "margins.csv", "margin_counts.csv", "margins.md", "seeds.csv"])
     assert json.loads((blessed / "table1.provenance.json").read_text())["scale"] == "ci"
 
 
@@ -199,3 +200,85 @@ def test_failing_cells_are_sorted_by_size_and_the_first_differing_stage_is_named
     assert run_check(reference, results, 0.05) == 1
     out = capsys.readouterr().out
     assert "first difference at training: models/mtdeq.pt" in out and "gauss.pt" not in out.split("where")[-1]
+
+
+# --------------------------------------------------------------------------- per-image evidence
+def make_evidence_results(root: Path) -> Path:
+    """Eval CSVs of gauss, proposed and proposed_seed1 (two images, TASKS) -> tables in <root>/results."""
+    for method, base in (("gauss", 29.0), ("proposed", 30.0), ("proposed_seed1", 30.3)):
+        folder = root / "eval" / method
+        folder.mkdir(parents=True, exist_ok=True)
+        for task in TASKS:
+            pd.DataFrame({"image": ["baby", "bird"], "method": method, "task": task, "sigma_noise": 0.0,
+                          "psnr": [base, base + 1.234567], "ssim": 0.9, "iterations": 5, "seconds": 0.1,
+                          "psnr_unclipped": [base, base + 1.234567]}).to_csv(folder / f"{task}.csv", index=False)
+    tb.make_tables(tb.TableSettings(str(root / "eval"), str(PAPER), "ci", str(root / "results"), seed=0))
+    return root / "results"
+
+
+@pytest.fixture
+def evidence(tmp_path):
+    """(reference with per_image.csv, results of an identical rerun)."""
+    reference = tmp_path / "reference" / "ci"
+    assert run_check(reference, make_evidence_results(tmp_path / "run0"), do_bless=True) == 0
+    assert (reference / "per_image.csv").is_file() and (reference / "margins.csv").is_file()
+    return reference, make_evidence_results(tmp_path / "run1")
+
+
+def _edit_rows(path: Path, edit) -> None:
+    rows = pd.read_csv(path)
+    edit(rows).to_csv(path, index=False)
+
+
+def test_per_image_evidence_is_audited_and_old_references_are_skipped(evidence, capsys):
+    reference, results = evidence
+    assert run_check(reference, results, 0.05) == 0
+    out = capsys.readouterr().out
+    assert "per-image evidence (reference): OK, 18 rows, 2 image(s), seeds [0, 1]" in out
+    assert "per-image evidence (results): OK" in out
+    (reference / "per_image.csv").unlink()  # a reference blessed before per-image evidence
+    assert run_check(reference, results, 0.05) == 0
+    out = capsys.readouterr().out
+    assert "per-image evidence (reference):" in out and "audit skipped" in out and "check: OK" in out
+
+
+def test_a_missing_image_fails(evidence, capsys):
+    reference, results = evidence
+    _edit_rows(reference / "per_image.csv", lambda r: r[~((r["method"] == "gauss") & (r["task"] == "comp80")
+                                                          & (r["image"] == "bird"))])
+    assert run_check(reference, results, 0.05) == 1
+    out = capsys.readouterr().out
+    assert "gauss comp80 seed 0: missing image(s) ['bird']" in out and "check: FAIL" in out
+    assert "9/9 cell(s) within tolerance" in out  # the cells themselves agree; the evidence does not
+
+
+def test_a_missing_seed_fails(evidence, capsys):
+    reference, results = evidence
+    _edit_rows(reference / "per_image.csv", lambda r: r[~((r["method"] == "proposed") & (r["task"] == "blur1.6")
+                                                          & (r["seed"] == 1))])
+    assert run_check(reference, results, 0.05) == 1
+    out = capsys.readouterr().out
+    assert "proposed blur1.6: missing seed(s) [1]" in out
+    assert "proposed_seed1 blur1.6: cell" in out and "no per-image rows" in out
+
+
+def test_rows_that_do_not_average_to_the_cell_fail(evidence, capsys):
+    reference, results = evidence
+
+    def shift(rows):
+        hit = (rows["method"] == "gauss") & (rows["task"] == "sr2_bicubic_n1") & (rows["image"] == "baby")
+        rows.loc[hit, "psnr"] += 0.1  # the cell would move by 0.05 dB: beyond the 2-decimal rounding
+        return rows
+
+    _edit_rows(reference / "per_image.csv", shift)
+    assert run_check(reference, results, 0.05) == 1
+    out = capsys.readouterr().out
+    assert "table2 gauss sr2_bicubic_n1: cell 29.62 but its per-image rows average to 29.6673" in out
+
+
+def test_bless_refuses_results_whose_rows_are_not_their_evidence(evidence, capsys):
+    reference, results = evidence
+    _edit_rows(results / "per_image.csv", lambda r: r[r["image"] != "baby"].assign(psnr=lambda f: f["psnr"] + 1))
+    assert run_check(reference, results, do_bless=True) == 1
+    out = capsys.readouterr().out
+    assert "refusing to bless" in out and "average to" in out

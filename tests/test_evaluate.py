@@ -173,10 +173,14 @@ def test_extend_value_follows_the_grid_spacing_and_stops_at_bounds():
     best = {"sigma_max": 0.2, "sigma_min": 0.06}
     assert tn.extend_value("iterations", [15, 30], "min", best, bounds) == 8  # 15 * 15/30, rounded
     assert tn.extend_value("iterations", [15, 30], "max", best, bounds) == 60
-    assert tn.extend_value("iterations", [32, 64], "max", best, bounds) is None  # 128 > max_iterations
+    assert tn.extend_value("iterations", [32, 64], "max", best, bounds) is None  # already at max_iterations
+    assert tn.extend_value("iterations", [24, 48], "max", best, bounds) == 64  # 96 clamped: the cap is tried
     assert tn.extend_value("iterations", [1, 2], "min", best, bounds) is None  # K >= 1
     assert tn.extend_value("sigma_min", [0.01, 0.025, 0.06], "max", {**best, "sigma_max": 0.3}, bounds) == 0.144
-    assert tn.extend_value("sigma_min", [0.01, 0.025, 0.06], "max", {**best, "sigma_max": 0.1}, bounds) is None  # > sigma_max
+    # 0.144 > sigma_max 0.1: clamped, so sigma_min = sigma_max is tried before the bound is reported
+    assert tn.extend_value("sigma_min", [0.01, 0.025, 0.06], "max", {**best, "sigma_max": 0.1}, bounds) == 0.1
+    assert tn.extend_value("sigma_min", [0.025, 0.06, 0.1], "max", {**best, "sigma_max": 0.1}, bounds) is None
+    assert tn.extend_value("sigma_max", [0.1, 0.2], "min", {**best, "sigma_min": 0.06}, bounds) == 0.06
     assert tn.extend_value("sigma_max", [0.1, 0.2], "max", best, bounds) == 0.3  # 0.4 clipped to the cap
     assert tn.extend_value("sigma_max", [0.15, 0.3], "max", best, bounds) is None  # already at the cap
     assert tn.extend_value("lam", [0.03, 0.1], "min", best, bounds) == pytest.approx(0.009)
@@ -274,7 +278,7 @@ def test_flat_edge_stops_extension_and_says_so():
     best = table.loc[table["val_psnr"].idxmax()]
     assert best["iterations"] == 15 and len(table) == 2  # 30 -> 15 gained 0.0139 < 0.02: flat, no round
     reasons = tn.edge_bounds(table, best, "admm", tn.edge_flags(table, best, "admm"), flat)
-    assert reasons == ["iterations: flat, +0.014 dB for the last step"]
+    assert reasons == ["iterations: stopped, last step gained +0.014 dB < min_gain 0.02"]
     unbounded = _extend_to_optimum(objective, grid, rounds=10, bounds=tn.Bounds())
     assert unbounded["iterations"].min() == 1  # min_gain 0: only the bound K = 1 stops it
 

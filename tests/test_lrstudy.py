@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, run_workflow
 
 from mtdeq.lrstudy import LR_COLUMNS, StudySettings, collect, run
 from mtdeq.train import DEQTrainConfig, train_deq
@@ -79,3 +79,43 @@ def test_lr_study_target_plans_one_training_per_run_with_its_settings():
     assert "--lr-warmup 0 --accum 1" in trains["base"] and "--steps 4 " in trains["base"]
     assert all("--val-task blur1.6,comp90,sr2_bicubic_n1" in t for t in trains.values())
     assert "lr-study --log base=results/ci/lr_study/logs/base.csv warm_accum=" in text
+
+
+# The `lr_study` target at a toy size on top of config/ci.yaml: 10 Gauss pretraining steps, then two
+# runs validated every 2 steps on 2 Set14 crops: 4 steps of batch 2, and 2 steps of 2 x 2 accumulated
+# crops with a 2-step warm-up.
+TOY_LR_STUDY = """\
+denoiser: {steps: 10, lr_milestones: [], checkpoint_every: 0}
+lr_study:
+  steps: 4
+  val_every: 2
+  val_images: 2
+  runs:
+    - {name: base}
+    - {name: warm_accum, lr: 1.0e-3, lr_warmup: 2, accum: 2, steps: 2}
+"""
+
+
+@pytest.mark.slow
+def test_lr_study_target_runs_end_to_end(tmp_path):
+    """`snakemake lr_study` for real (about 30 s): lr_study.csv has one row per run x validated step (0,
+    every val_every, the last), crops seen = step x batch x accum, delta 0 at the start, which is the
+    same Gauss prior for both runs; one table row per run; the figure exists.  Fails if a run, a
+    validation or the accumulation were missing or a file not written."""
+    (tmp_path / "toy.yaml").write_text(TOY_LR_STUDY)
+    run_workflow(tmp_path, "lr_study", "config/ci.yaml", "toy.yaml")
+    out = tmp_path / "results" / "ci" / "lr_study"
+    study = pd.read_csv(out / "lr_study.csv")
+    assert list(study.columns) == LR_COLUMNS
+    rows = list(study[["run", "step", "images"]].itertuples(index=False, name=None))
+    assert rows == [("base", 0, 0), ("base", 2, 4), ("base", 4, 8), ("warm_accum", 0, 0), ("warm_accum", 2, 8)]
+    assert study["val_psnr"].between(5, 60).all()
+    start = study[study["step"] == 0]
+    assert start["delta"].eq(0).all() and start["val_psnr"].nunique() == 1
+    assert (study.loc[study["step"] > 0, "delta"] != 0).all()
+    assert study.groupby("run")["lr"].first().to_dict() == pytest.approx({"base": 1e-4, "warm_accum": 1e-3})
+    md = (out / "lr_study.md").read_text()
+    assert "| base | lr 0.0001, lr_warmup 0, accum 1, batch_size 2, steps 4 | 4 | 8 |" in md
+    assert "| warm_accum | lr 0.001, lr_warmup 2, accum 2, batch_size 2, steps 2 | 2 | 8 |" in md
+    assert (out / "lr_study.png").stat().st_size > 10_000
+    assert {p.name for p in (out / "models").glob("*.pt")} == {"base.pt", "warm_accum.pt"}

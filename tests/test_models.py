@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import mirror_file
 from skimage import data as skdata
 
 from mtdeq.metrics import psnr
@@ -20,21 +20,13 @@ from mtdeq.models import (
     save_checkpoint,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = BackboneConfig("drunet", (8, 16, 24, 32), 1)
 FFDNET_COLOR = BackboneConfig("ffdnet", (96,), 12)
 
 
 def _ffdnet_weights() -> Path:
     """The shipped pretrained colour FFDNet: fetched copy, $MTDEQ_DATA_MIRROR, or ../shared/data."""
-    candidates = [REPO / "data" / "weights" / "ffdnet_color.pth"]
-    if os.environ.get("MTDEQ_DATA_MIRROR"):
-        candidates.append(Path(os.environ["MTDEQ_DATA_MIRROR"]) / "weights" / "ffdnet_color.pth")
-    candidates.append(REPO.parent / "shared" / "data" / "weights" / "ffdnet_color.pth")
-    for path in candidates:
-        if path.is_file():
-            return path
-    pytest.skip(f"ffdnet_color.pth not found in {[str(c) for c in candidates]}")
+    return mirror_file("weights/ffdnet_color.pth")
 
 
 def _astronaut(size: int = 256) -> torch.Tensor:

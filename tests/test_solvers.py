@@ -329,6 +329,7 @@ def test_red_converges_doubling_the_cap_changes_little():
     assert float((z_4x - z_2x).norm() / z_2x.norm()) < 1e-7
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("tol", [0.0, 1e-4])
 def test_red_snapshot_is_the_run_with_the_smaller_cap(tol):
     """Cap 2K with a snapshot at K gives the results of caps K and 2K (the budget check's one run)."""
@@ -342,6 +343,33 @@ def test_red_snapshot_is_the_run_with_the_smaller_cap(tol):
     assert not torch.equal(z_k, z_2k) if tol == 0 else info_k.converged
     with pytest.raises(ValueError, match="snapshot_at"):
         red(op=op, y=y, iterations=k, snapshot_at=k + 1, **RED_SETTINGS)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_red_snapshot_when_one_image_stops_before_k_and_another_runs_past_it():
+    """The mixed stop of the budget check's one run: image 1 (a zero-mean checkerboard, whose holes the
+    smoothing fills with about 0) stops on its tolerance before K while image 0 (a smooth image) is
+    still running at K and stops only after it.  The snapshot at K is, per image, the run capped at K,
+    and the cap-2K result the run capped at 2K, each also solved alone.  Fails if a stopped image were
+    iterated again (not frozen), or the snapshot were not every image's estimate after K iterations."""
+    op, _, x = red_inpaint_problem(batch=1)
+    size = x.shape[-1]
+    ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    texture = (0.5 * (-1.0) ** (ii + jj)).to(torch.float64).expand(1, 3, size, size)
+    y = op.A(torch.cat([x, texture]))
+    tol, k = 1e-4, 32
+    z_2k, info = red(op=op, y=y, iterations=2 * k, tol=tol, snapshot_at=k, **RED_SETTINGS)
+    stop_smooth, stop_texture = info.image_iterations  # measured 35 and 29
+    assert stop_texture < k < stop_smooth < 2 * k and info.converged
+    assert info.snapshot_iterations == k
+    z_k, info_k = red(op=op, y=y, iterations=k, tol=tol, **RED_SETTINGS)
+    assert info_k.image_iterations == [k, stop_texture] and not info_k.converged
+    assert torch.equal(info.snapshot, z_k)
+    for i in range(2):  # each image alone, capped at K and at 2K
+        alone_k, _ = red(op=op, y=y[i : i + 1], iterations=k, tol=tol, **RED_SETTINGS)
+        alone_2k, _ = red(op=op, y=y[i : i + 1], iterations=2 * k, tol=tol, **RED_SETTINGS)
+        assert torch.equal(info.snapshot[i : i + 1], alone_k) and torch.equal(z_2k[i : i + 1], alone_2k)
+    assert not torch.equal(info.snapshot[0], z_2k[0]) and torch.equal(info.snapshot[1], z_2k[1])
 
 
 @pytest.mark.parametrize("step", [1.0, 0.7])

@@ -6,10 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mtdeq import tables as tb
+from mtdeq import verdict as vd
 from mtdeq.cli import main
 from mtdeq.evaluate import CSV_COLUMNS
 
@@ -93,7 +95,8 @@ def test_tables_means_order_paper_columns_and_markdown(tmp_path):
     assert "| Proposed | **30.25** (30.72) |" in md
     assert "| Gauss + same budget | <u>29.50</u> |" in md
     assert "| pnP-ReG (paper-reported only) | — (30.36) |" in md
-    assert "+1.25 (+0.76)" in md
+    assert "+1.25 [+1.00, +1.50] W (+0.76)" in md  # margin [95 % interval] verdict (paper's margin)
+    assert "| Proposed vs. Gauss + same budget | +0.75 [+0.50, +1.00] W | " in md and "| 4/0/0 |" in md
     provenance = json.loads((tmp_path / "out" / "table1.provenance.json").read_text())
     assert provenance["scale"] == "unit" and provenance["provenance"]["config"]["seed"] == 0
     assert {c["n_images"] for c in provenance["cells"]} == {2}
@@ -193,3 +196,103 @@ def test_protocol_validation_compares_gauss_and_red_with_the_paper(tmp_path):
     md = (tmp_path / "out" / "protocol_validation.md").read_text()
     assert "| Completion 80% | 29.00 | 30.20 | -1.20 | — | 26.00 | 27.17 | -1.17 | — |" in md
     assert (tmp_path / "out" / "protocol_validation.html").read_text().startswith("<!DOCTYPE html>")
+
+
+# --------------------------------------------------------------------------- per-image evidence, verdicts
+def test_per_image_rows_map_seed_methods_and_seeded_cells_are_seed_means(tmp_path):
+    ours = {"gauss": (28.0, 30.0), "proposed": (29.0, 31.5), "proposed_seed1": (29.4, 31.7)}
+    eval_dir = write_eval_dir(tmp_path, ours=ours, offsets={"comp80": 0.0})
+    result = tb.make_tables(tb.TableSettings(str(eval_dir), str(PAPER), "unit", str(tmp_path / "out"), seed=0))
+    per_image = pd.read_csv(tmp_path / "out" / "per_image.csv")
+    assert list(per_image.columns) == ["method", "task", "image", "seed", "psnr", "ssim", "iterations"]
+    assert set(per_image["method"]) == {"gauss", "proposed"}  # proposed_seed1 is proposed with seed 1
+    assert sorted(set(per_image.loc[per_image["method"] == "proposed", "seed"])) == [0, 1]
+    assert len(per_image) == 2 * 3  # two images x (gauss, proposed seed 0, proposed seed 1)
+    t1 = result["table1"].set_index("key")
+    # Proposed = the mean over its seeds per image, then over the images; the seed row keeps seed 1 alone
+    assert t1.loc["proposed", "comp80"] == pytest.approx((29.2 + 31.6) / 2)
+    assert t1.loc["proposed_seed1", "comp80"] == pytest.approx(30.55)
+    assert t1.loc["proposed_vs_gauss", "comp80"] == pytest.approx(30.4 - 29.0)
+    seeds = pd.read_csv(tmp_path / "out" / "seeds.csv")
+    assert list(seeds.columns) == tb.SEEDS_COLUMNS and len(seeds) == 1
+    assert seeds.loc[0, "seeds"] == "0 1"
+    assert seeds.loc[0, "seed_sd"] == pytest.approx(np.std([30.25, 30.55], ddof=1), abs=1e-4)
+    spread = pd.read_csv(tmp_path / "out" / "spread.csv")
+    assert spread.loc[0, "proposed"] == pytest.approx(30.25) and spread.loc[0, "spread"] == pytest.approx(0.3)
+    margins = pd.read_csv(tmp_path / "out" / "margins.csv")
+    assert list(margins.columns) == vd.MARGIN_COLUMNS
+    row = margins[(margins["prior"] == "proposed") & (margins["baseline"] == "gauss")].iloc[0]
+    assert row["n_seeds"] == 2 and row["n_images"] == 2 and row["margin"] == pytest.approx(1.4)
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "Proposed: the mean over training seeds 0 1" in md and "| sd over seeds 0 1 | 0.21 |" in md
+    counts = pd.read_csv(tmp_path / "out" / "margin_counts.csv")
+    assert list(counts.columns) == vd.COUNT_COLUMNS
+    # every table cell is the mean of its per-image rows
+    from mtdeq.check import evidence_problems
+    assert evidence_problems(tmp_path / "out") == []
+
+    # another main seed: proposed_seed1 stays seed 1, the plain rows get seed 3
+    tb.make_tables(tb.TableSettings(str(eval_dir), str(PAPER), "unit", str(tmp_path / "o3"), seed=3))
+    per_image = pd.read_csv(tmp_path / "o3" / "per_image.csv")
+    assert set(per_image["seed"]) == {1, 3} and set(per_image.loc[per_image["method"] == "gauss", "seed"]) == {3}
+
+
+def write_budget_checked(root: Path, cells: dict) -> Path:
+    """Eval CSVs with the 2K check: cells[(method, task)] = (psnr, psnr_2x), two images at psnr -/+ 1."""
+    for (method, task), (psnr, psnr_2x) in cells.items():
+        frame = pd.DataFrame({"image": ["a", "b"], "method": method, "task": task, "sigma_noise": 0.0,
+                              "psnr": [psnr - 1, psnr + 1], "ssim": 0.9, "iterations": 10, "seconds": 0.1,
+                              "psnr_unclipped": [psnr - 1, psnr + 1]})
+        if psnr_2x is not None:
+            frame["psnr_2x"], frame["iterations_2x"] = [psnr_2x - 1, psnr_2x + 1], 20
+        (root / "eval" / method).mkdir(parents=True, exist_ok=True)
+        frame.to_csv(root / "eval" / method / f"{task}.csv", index=False)
+    return root / "eval"
+
+
+def test_unconverged_baselines_are_marked_and_left_out_of_the_ranking(tmp_path):
+    eval_dir = write_budget_checked(tmp_path, {
+        ("gauss", "comp80"): (31.0, 31.5),  # still moves by +0.50 dB with 2K: not converged
+        ("red", "comp80"): (29.0, 29.05),  # converged
+        ("proposed", "comp80"): (30.0, None),
+        ("gauss", "blur1.6"): (33.0, 32.95),
+        ("proposed", "blur1.6"): (32.0, None),
+    })
+    tb.make_tables(tb.TableSettings(str(eval_dir), str(PAPER), "unit", str(tmp_path / "out")))
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "| Gauss | 31.00† (30.20) | — (26.20) | **33.00** (32.06) |" in md  # out of the comp80 ranking only
+    assert "| Proposed | **30.00** (30.72) |" in md and "| RED | <u>29.00</u> (27.17) |" in md
+    assert "† Not converged" in md and "Gauss Completion 80% +0.50" in md
+    assert "| Proposed vs. Gauss | -1.00 [-1.00, -1.00] L† (+0.52) |" in md  # the margin over it is marked too
+    assert "| Gauss | 2K − K | +0.50† |" in md
+    per_image = pd.read_csv(tmp_path / "out" / "per_image.csv")
+    assert {"psnr_unclipped", "psnr_2x", "iterations_2x"} <= set(per_image.columns)
+    validation = pd.read_csv(tmp_path / "out" / "protocol_validation.csv").set_index(["method", "task"])
+    assert list(validation.columns)[-1] == "converged"
+    assert not validation.loc[("gauss", "comp80"), "converged"] and validation.loc[("red", "comp80"), "converged"]
+    assert pd.isna(validation.loc[("gauss", "sr2_bicubic_n0"), "converged"])  # not evaluated: unknown
+    assert "+0.50†" in (tmp_path / "out" / "protocol_validation.md").read_text()
+    moved = tb.unconverged_cells(tb.budget_check(tb.read_eval_dir(eval_dir)))
+    assert moved == {("gauss", "comp80"): pytest.approx(0.5)}
+
+
+def test_the_tolerance_file_feeds_the_verdicts(tmp_path):
+    eval_dir = write_eval_dir(tmp_path, offsets={"comp80": 0.0, "blur1.6": 1.0, "sr2_bicubic_n0": 5.0})
+    tolerance = tmp_path / "tolerance.yaml"
+    tolerance.write_text("default: 0.05\nrows: {proposed: {table1: 2.0}}\n")
+    rc = main(["tables", "--eval-dir", str(eval_dir), "--paper", str(PAPER), "--scale", "unit",
+               "--out-dir", str(tmp_path / "out"), "--tolerance", str(tolerance)])
+    assert rc == 0
+    margins = pd.read_csv(tmp_path / "out" / "margins.csv").set_index(["prior", "baseline", "task"])
+    row = margins.loc[("proposed", "gauss", "comp80")]
+    assert row["tolerance"] == 2.0 and row["margin"] == pytest.approx(1.25) and row["verdict"] == "tie"
+    assert margins.loc[("proposed", "gauss", "sr2_bicubic_n0"), "verdict"] == "win"  # Table II: default 0.05
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "+1.25 [+1.00, +1.50] T (+0.52)" in md and "| 0/2/0 |" in md
+    assert str(tolerance) in (tmp_path / "out" / "margins.md").read_text()
+    # a tolerance file that does not exist: the documented fallback
+    rc = main(["tables", "--eval-dir", str(eval_dir), "--paper", str(PAPER), "--scale", "unit",
+               "--out-dir", str(tmp_path / "o2"), "--tolerance", str(tmp_path / "none.yaml")])
+    assert rc == 0
+    margins = pd.read_csv(tmp_path / "o2" / "margins.csv")
+    assert set(margins["tolerance"]) == {0.05} and "fallback 0.05 dB" in (tmp_path / "o2" / "margins.md").read_text()

@@ -123,6 +123,16 @@ def test_protocol_reaches_training_tuning_evaluation_and_figure():
         assert all("--test-crop pnp-reg" in c for c in shell_commands(out, "figure"))
 
 
+@pytest.mark.parametrize("configfile", sorted(EXPECTED_JOBS))
+def test_validation_stages_exclude_and_check_test_images(configfile):
+    """Every stage that uses data.val_set gets --test-set and data.val_exclude (face.png is a crop of
+    Set5's head.png, monarch.png contains Set5's butterfly.png): mtdeq.leakage refuses them otherwise."""
+    _, out = dry_run("--configfile", configfile)
+    stages = [c for stage in ("tune", "train-deq", "pretrain-denoiser") for c in shell_commands(out, stage)]
+    assert len(stages) == 24 + 3 + 2
+    assert all("--test-set data/Set5 --val-exclude face.png monarch.png " in c for c in stages)
+
+
 def test_quick_scale_computes_in_float32_and_gpu_groups_use_cuda():
     _, out = dry_run("--configfile", "config/config.yaml")
     evals = shell_commands(out, "evaluate")

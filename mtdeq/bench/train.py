@@ -103,7 +103,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-check", action="store_true",
                    help="instead of timing: compare each variant's step gradient with the gradient at a tight "
                         "solve (--ref-tol, --ref-max-iter, filled start) on the same crops, tasks and noise, beside "
-                        "two yardsticks: the same step with other noise and masks, and the previous step's batch "
+                        "two yardsticks: the same step with other noise (same tasks and masks: training tasks "
+                        "carry their mask seed), and the previous step's batch "
                         "(default --out results/bench/train_grad.csv)")
     p.add_argument("--ref-tol", type=float, default=1e-8, help="grad-check: tolerance of the reference solve")
     p.add_argument("--ref-max-iter", type=int, default=300, help="grad-check: iteration cap of the reference solve")
@@ -239,7 +240,7 @@ def _step_gradient(base, x, tasks, generator, cfg: DEQTrainConfig, channels_last
 def _grad_check(args, base, data, device) -> int:
     """Does a variant change the step's gradient?  Per step: the relative error and cosine of each
     variant's gradient against a tight solve's, and as yardsticks the relative difference of the tight
-    gradient under other noise and masks (same crops and tasks) and of the previous step's batch."""
+    gradient under other noise (same crops, tasks and masks) and of the previous step's batch."""
     from mtdeq.io import provenance
     from mtdeq.tasks import TASK_SETS
 
@@ -259,7 +260,7 @@ def _grad_check(args, base, data, device) -> int:
         batch_rel = float((previous - reference).norm() / reference.norm()) if previous is not None else None
         for variant in args.variants:
             cfg, channels_last = _variant_cfg(args, solver, variant)
-            g.set_state(state)  # the same noise and masks as the reference
+            g.set_state(state)  # the same noise as the reference
             grad, stats = _step_gradient(base, x, tasks, g, cfg, channels_last)
             rel = float((grad - reference).norm() / reference.norm())
             cos = float(grad @ reference / (grad.norm() * reference.norm()))

@@ -15,9 +15,9 @@ import torch
 from mtdeq.runtime import DEVICE_CHOICES
 from mtdeq.tasks import add_protocol_args
 from mtdeq.train.amp import AMP_CHOICES
-from mtdeq.train.config import COMP_INITS, DenoiserTrainConfig, DEQTrainConfig, config_from_args
+from mtdeq.train.config import COMP_INITS, VAL_TASK_FOR_SET, DenoiserTrainConfig, DEQTrainConfig, config_from_args
 from mtdeq.train.denoiser import pretrain_denoiser
-from mtdeq.train.deq import VAL_TASK_FOR_SET, convergence_summary, train_deq
+from mtdeq.train.deq import convergence_summary, train_deq
 from mtdeq.train.distributed import setup_distributed, teardown_distributed
 
 
@@ -68,6 +68,12 @@ def _add_common_train_args(p: argparse.ArgumentParser, defaults: _Defaults) -> N
     p.add_argument("--val-every", type=int, default=defaults.val_every,
                    help="validation PSNR every K steps (and at the last step); 0: last step only")
     p.add_argument("--val-images", type=int, default=defaults.val_images, help="number of validation crops")
+    p.add_argument("--val-exclude", nargs="*", default=[], metavar="FILE",
+                   help="file names in --val-dir never used for validation (config data.val_exclude), e.g. "
+                        "face.png, a crop of Set5's head.png")
+    p.add_argument("--test-set", default="data/Set5",
+                   help="test image folder (default data/Set5): the stage refuses, before writing anything, "
+                        "validation images that are test images or crops of one (or contain one); '' = no check")
 
 
 def register(subparsers) -> None:
@@ -144,7 +150,8 @@ def _cmd_pretrain_denoiser(args) -> int:
     dist, device = setup_distributed(args.device)
     try:
         out = pretrain_denoiser(cfg, device=device, resume=args.resume, quiet=args.quiet,
-                                stop_after=args.stop_after, dist=dist, amp=args.amp, channels_last=args.channels_last)
+                                stop_after=args.stop_after, dist=dist, amp=args.amp, channels_last=args.channels_last,
+                                val_exclude=tuple(args.val_exclude), test_set=args.test_set)
     finally:
         teardown_distributed(dist)
     if dist.is_main:
@@ -158,7 +165,8 @@ def _cmd_train_deq(args) -> int:
     dist, device = setup_distributed(args.device)
     try:
         totals = train_deq(cfg, device=device, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after,
-                           dist=dist, amp=args.amp, channels_last=args.channels_last)
+                           dist=dist, amp=args.amp, channels_last=args.channels_last,
+                           val_exclude=tuple(args.val_exclude), test_set=args.test_set)
     finally:
         teardown_distributed(dist)
     if dist.is_main:

@@ -13,6 +13,8 @@ import argparse
 from dataclasses import dataclass, fields
 
 COMP_INITS = ("grey", "fill")  # the completion start of a training solve (DEQTrainConfig.comp_init)
+# the default validation task(s) of train-deq per task set (DEQTrainConfig.val_tasks; --val-task overrides)
+VAL_TASK_FOR_SET = {"mtdeq": "blur1.6", "st_comp": "comp90", "st_sr": "sr2_bicubic_n1"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class DEQTrainConfig:
     checkpoint_every: int = 0
     state: str | None = None  # resume state shared by the budgets of one run (None: <out>.ckpt)
     val_dir: str | None = None
-    val_task: str | None = None  # "T" or "T1,T2,..." (mean PSNR); None: mtdeq.train.deq.VAL_TASK_FOR_SET[task_set]
+    val_task: str | None = None  # "T" or "T1,T2,..." (mean PSNR); None: VAL_TASK_FOR_SET[task_set]
     val_every: int = 100
     val_images: int = 4
     bicubic_a: float = -0.75  # mtdeq.tasks.Protocol of the training observations
@@ -95,8 +97,6 @@ class DEQTrainConfig:
     @property
     def val_tasks(self) -> tuple[str, ...]:
         """The validation tasks (--val-task, comma-separated; default per task set)."""
-        from mtdeq.train.deq import VAL_TASK_FOR_SET
-
         return tuple((self.val_task or VAL_TASK_FOR_SET[self.task_set]).split(","))
 
     def tol_at(self, step: int) -> float:

@@ -20,6 +20,7 @@ from mtdeq.train.distributed import SINGLE, Dist, all_reduce, check_same_step, w
 from mtdeq.train.loop import (
     memory_format,
     VAL_SEED,
+    check_validation_set,
     grads_finite,
     load_val_crops,
     mean_psnr,
@@ -64,16 +65,21 @@ def denoiser_loss(model, x: torch.Tensor, generator: torch.Generator, cfg: Denoi
 
 def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = "cpu", resume: bool = True,
                       quiet: bool = False, stop_after: int | None = None, dist: Dist = SINGLE,
-                      amp: str = "none", channels_last: bool = False) -> Path:
+                      amp: str = "none", channels_last: bool = False, val_exclude: tuple[str, ...] = (),
+                      test_set: str | None = None) -> Path:
     """Train (or, with steps 0, just convert) a Gaussian denoiser; writes cfg.out and returns it.
 
     dist: this process's rank in a data-parallel run (mtdeq.train.distributed); amp: 'none'
-    or 'bf16' (CUDA).
+    or 'bf16' (CUDA).  val_exclude: file names of cfg.val_dir left out of the validation images;
+    test_set: a folder of test images the validation images must not be (or be crops of): refused
+    before anything is written.
     """
     from tqdm import tqdm
 
     device = torch.device(device)
     autocast(device, amp)  # fail early on --amp bf16 without CUDA
+    check_validation_set(cfg.val_dir, cfg.val_images, exclude=val_exclude, test_set=test_set,
+                         stage="pretrain-denoiser")
     rows = dist.rows(cfg.batch_size) if dist.enabled and cfg.steps > 0 else None
     log = stage_logger(quiet, dist.is_main)
     model, backbone = _load_or_build_backbone(cfg)
@@ -92,7 +98,7 @@ def pretrain_denoiser(cfg: DenoiserTrainConfig, *, device: str | torch.device = 
     totals = {"skipped_steps": 0, **totals}
     log_csv = CsvLog(cfg.log_csv if dist.is_main else None, LOG_COLUMNS, start)
     data = open_dataset(cfg.train_dirs, cfg.crop) if cfg.steps > 0 else None
-    val_x = load_val_crops(cfg.val_dir, cfg.crop, cfg.val_images)
+    val_x = load_val_crops(cfg.val_dir, cfg.crop, cfg.val_images, exclude=val_exclude)
     if val_x is not None:
         val_x = val_x.to(device)
         val_noisy = val_x + VAL_SIGMA * randn(val_x.shape, torch.Generator().manual_seed(VAL_SEED), val_x)

@@ -50,6 +50,7 @@ from mtdeq.train.config import DEQTrainConfig
 from mtdeq.train.distributed import SINGLE, Dist, all_reduce, check_same_step, wrap_ddp
 from mtdeq.train.loop import (
     VAL_SEED,
+    check_validation_set,
     grads_finite,
     load_val_crops,
     mean_psnr,
@@ -61,7 +62,6 @@ from mtdeq.train.loop import (
 )
 from mtdeq.train.state import CsvLog, end_of_step, finish, init_fingerprint, load_train_state, state_path
 
-VAL_TASK_FOR_SET = {"mtdeq": "blur1.6", "st_comp": "comp90", "st_sr": "sr2_bicubic_n1"}
 DEQ_LOG_COLUMNS = ["step", "loss", "val_psnr", "fp_iter_mean", "fp_iter_max", "pct_converged", "pct_diverged",
                    "n_valid", "skipped", "lr", "tasks", "seconds", "tol", "images"]
 
@@ -95,12 +95,15 @@ class DEQStepStats:
 # --------------------------------------------------------------------------- the outer loops
 def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume: bool = True, quiet: bool = False,
               stop_after: int | None = None, on_step: Callable[[DEQStepStats], None] | None = None,
-              dist: Dist = SINGLE, amp: str = "none", channels_last: bool = False) -> dict:
+              dist: Dist = SINGLE, amp: str = "none", channels_last: bool = False,
+              val_exclude: tuple[str, ...] = (), test_set: str | None = None) -> dict:
     """Algorithm 1: fine-tune the prior cfg.init on cfg.task_set; writes cfg.out, returns run totals.
 
     totals: solves, converged, max_iter, diverged (fixed-point solves, one per image and task),
     skipped_steps.  dist: this process's rank in a data-parallel run (mtdeq.train.distributed);
     amp: 'none' or 'bf16' (CUDA); channels_last: keep weights and activations channels-last.
+    val_exclude: file names of cfg.val_dir left out of the validation images; test_set: a folder of
+    test images the validation images must not be (or be crops of): refused before anything is written.
     """
     from tqdm import tqdm
 
@@ -110,6 +113,7 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
     device = torch.device(device)
     dist.rows(cfg.batch_size)  # fail early when the batch does not split over the ranks
     autocast(device, amp)  # fail early on --amp bf16 without CUDA
+    check_validation_set(cfg.val_dir, cfg.val_images, exclude=val_exclude, test_set=test_set, stage="train-deq")
     log = stage_logger(quiet, dist.is_main)
     model, backbone = load_prior(cfg.init)
     model = model.to(device, memory_format=memory_format(channels_last)).train()
@@ -127,7 +131,7 @@ def train_deq(cfg: DEQTrainConfig, *, device: str | torch.device = "cpu", resume
     log_csv = CsvLog(cfg.log_csv if dist.is_main else None, DEQ_LOG_COLUMNS, start)
     data = open_dataset(cfg.train_dirs, cfg.crop)
     task_set = TASK_SETS[cfg.task_set]
-    validate = _deq_validation(model, cfg, device) if dist.is_main else (lambda: None)
+    validate = _deq_validation(model, cfg, device, val_exclude) if dist.is_main else (lambda: None)
     if start == 0 and cfg.val_dir is not None and dist.is_main:
         log_csv.write(step=0, val_psnr=validate(), lr=cfg.lr)
 
@@ -376,10 +380,10 @@ def start(op, y: torch.Tensor, cfg: DEQTrainConfig) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- validation and summary
-def _deq_validation(model, cfg: DEQTrainConfig, device):
+def _deq_validation(model, cfg: DEQTrainConfig, device, val_exclude: tuple[str, ...] = ()):
     """A closure returning the mean PSNR of f(z*) on fixed val crops over the validation tasks
     (cfg.val_tasks, the mean over tasks of the mean over crops), or None without cfg.val_dir."""
-    val_x = load_val_crops(cfg.val_dir, cfg.crop, cfg.val_images)
+    val_x = load_val_crops(cfg.val_dir, cfg.crop, cfg.val_images, exclude=val_exclude)
     if val_x is None:
         return lambda: None
     from mtdeq.solvers import fb_map, fixed_point

@@ -47,19 +47,33 @@ def stage_logger(quiet: bool, is_main: bool):
     return lambda msg: print(msg, file=sys.stderr)
 
 
-def load_val_crops(val_dir: str | None, crop: int, n: int) -> torch.Tensor | None:
-    """Centre crops (n, 3, s, s) of the first n images of val_dir, s = min(crop, smallest side)."""
+def load_val_crops(val_dir: str | None, crop: int, n: int, *, exclude: tuple[str, ...] = ()) -> torch.Tensor | None:
+    """Centre crops (n, 3, s, s) of the first n images of val_dir whose file names are not in ``exclude``
+    (mtdeq.leakage.validation_files), s = min(crop, smallest side); None without val_dir."""
     if val_dir is None:
         return None
-    from mtdeq.io import list_images, read_image
+    from mtdeq.io import read_image
+    from mtdeq.leakage import validation_files
 
-    images = [read_image(p) for p in list_images(val_dir)[:n]]
+    images = [read_image(p) for p in validation_files(val_dir, n, exclude)]
     s = min([crop] + [min(im.shape[-2:]) for im in images])
     crops = []
     for im in images:
         top, left = (im.shape[-2] - s) // 2, (im.shape[-1] - s) // 2
         crops.append(im[:, top : top + s, left : left + s])
     return torch.stack(crops)
+
+
+def check_validation_set(val_dir: str | None, n: int, *, exclude: tuple[str, ...] = (), test_set: str | None = None,
+                         stage: str) -> None:
+    """Refuse validation images that are test images or crops of one (mtdeq.leakage.refuse_test_images):
+    the images load_val_crops(val_dir, ., n, exclude=exclude) would use, against the folder test_set.
+    Nothing to check without val_dir or test_set.  Call it before the stage writes anything."""
+    if val_dir is None or not test_set:
+        return
+    from mtdeq.leakage import refuse_test_images, validation_files
+
+    refuse_test_images(validation_files(val_dir, n, exclude), test_set, stage=stage)
 
 
 def mean_psnr(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -62,6 +62,7 @@ use rule train_control as budget_train_control with:
 use rule tune_admm as budget_tune_own with:
     input:
         images=ancient(fetched(config["data"]["val_set"], "data.val_set")),
+        test_images=ancient(fetched(config["data"]["test_set"], "data.test_set")),
         prior="results/{scale}/budget/models/{method}_s{seed}_{steps}.pt",
     output:
         "results/{scale}/budget/tune_own/{method}_s{seed}_{steps}/{task}.csv",
@@ -112,16 +113,19 @@ rule budget:
         runs=budget_evaluations(),
         gauss=expand("results/{scale}/eval/gauss/{task}.csv", scale=SCALE, task=TASKS),
         paper="results/paper/paper_tables.csv",
+        tolerance=TOLERANCE_INPUT,
     output:
         csv=f"{BUDGET_DIR}/budget.csv",
         margins=f"{BUDGET_DIR}/margins.csv",
         margins_md=f"{BUDGET_DIR}/margins.md",
+        task_margins=f"{BUDGET_DIR}/margins_per_task.csv",
         figure=report(f"{BUDGET_DIR}/budget.png", caption="../report/budget.rst", category="Budget"),
     params:
         seed=config["seed"],
         runs=lambda w, input: Path(input.runs[0]).parents[4],  # <runs>/<prior>/s<seed>/<steps>/<settings>/
         gauss_dir=lambda w, input: Path(input.gauss[0]).parent,
         scale=SCALE,
+        tolerance=tolerance_option,
     log:
         f"logs/{SCALE}/budget/budget.log",
     threads: RES["report"]["threads"]
@@ -133,4 +137,5 @@ rule budget:
     shell:
         "python -m mtdeq budget --runs {params.runs} --gauss-dir {params.gauss_dir}"
         " --paper {input.paper} --out {output.csv} --margins {output.margins} --figure {output.figure}"
-        " --seed {params.seed} --scale {params.scale} > {log} 2>&1"
+        " --task-margins {output.task_margins} --seed {params.seed} --scale {params.scale}"
+        " --tolerance {params.tolerance} > {log} 2>&1"

@@ -107,10 +107,20 @@ def fetched(path, key):
 
 
 def train_data():
-    """Sentinels of the training folders and of the validation set."""
+    """Sentinels of the training folders, of the validation set and of the test set (which the
+    validation images are checked against: validation_args)."""
     dirs = config["data"]["train_dirs"]
     sentinels = {fetched(d, "data.train_dirs") for d in dirs}
-    return sorted(sentinels | {fetched(config["data"]["val_set"], "data.val_set")})
+    return sorted(sentinels | {fetched(config["data"]["val_set"], "data.val_set"),
+                               fetched(config["data"]["test_set"], "data.test_set")})
+
+
+def validation_args():
+    """'--test-set <data.test_set> [--val-exclude <data.val_exclude>...]' of every stage that uses
+    data.val_set (tune, pretrain-denoiser, train-deq): the excluded files are never used, and a
+    validation image that is a test image or a crop of one is refused (mtdeq.leakage)."""
+    exclude = " ".join(config["data"]["val_exclude"])
+    return f"--test-set {config['data']['test_set']}" + (f" --val-exclude {exclude}" if exclude else "")
 
 
 def launcher(group):
@@ -149,6 +159,18 @@ def save_dir_option(scale, method, task):
     if task in FIG2_TASKS and method in methods:
         return f"--save-dir results/{scale}/restored/{method}/{task}"
     return ""
+
+
+# The verdicts (win / tie / loss) of the tables' and the budget curve's margins use the
+# reproducibility tolerance measured for this scale's reference (mtdeq.verdict); without that
+# file, mtdeq.tolerance's fallback for every row. An input when present, so editing it reruns them.
+TOLERANCE_YAML = f"results/reference/{SCALE}/tolerance.yaml"
+TOLERANCE_INPUT = [TOLERANCE_YAML] if Path(TOLERANCE_YAML).is_file() else []
+
+
+def tolerance_option(w, input):
+    """--tolerance of the tables and budget stages: the file, also when absent (the stage says so)."""
+    return (list(input.tolerance) or [TOLERANCE_YAML])[0]
 
 
 # --- target `budget` (workflow/rules/budget.smk)

@@ -32,6 +32,7 @@ rule pretrain_denoiser:
         val_dir=config["data"]["val_set"],
         val_every=DEN["val_every"],
         val_images=DEN["val_images"],
+        validation=validation_args(),
         launcher=launcher("denoiser"),
         device=device("denoiser"),
     log:
@@ -54,7 +55,7 @@ rule pretrain_denoiser:
         " --sigma-min {params.sigma_min} --sigma-max {params.sigma_max} --loss {params.loss}"
         " --seed {params.seed} --log-csv {log.csv} --checkpoint-every {params.checkpoint_every}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
-        " --threads {threads} --device {params.device} > {log.stdout} 2>&1"
+        " {params.validation} --threads {threads} --device {params.device} > {log.stdout} 2>&1"
 
 
 rule train_control:
@@ -85,6 +86,7 @@ rule train_control:
         val_dir=config["data"]["val_set"],
         val_every=DEQ["val_every"],
         val_images=DEQ["val_images"],
+        validation=validation_args(),
         launcher=launcher("train"),
         device=device("train"),
     log:
@@ -107,4 +109,4 @@ rule train_control:
         " --sigma-min {params.sigma_min} --sigma-max {params.sigma_max} --loss {params.loss}"
         " --seed {params.seed} --log-csv {log.csv} --checkpoint-every {params.checkpoint_every} {params.state}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
-        " --threads {threads} --device {params.device} > {log.stdout} 2>&1"
+        " {params.validation} --threads {threads} --device {params.device} > {log.stdout} 2>&1"

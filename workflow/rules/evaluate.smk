@@ -19,6 +19,7 @@ rule tune_admm:
     """Grid-search K, sigma_max, sigma_min, lam of PnP-ADMM with the Gauss prior for one task."""
     input:
         images=ancient(fetched(config["data"]["val_set"], "data.val_set")),
+        test_images=ancient(fetched(config["data"]["test_set"], "data.test_set")),
         prior="results/{scale}/models/gauss.pt",
     output:
         "results/{scale}/tune/admm_{task}.csv",
@@ -27,6 +28,7 @@ rule tune_admm:
         precision=config["precision"],
         images=config["data"]["val_set"],
         max_images=TUNE["max_images"],
+        validation=validation_args(),
         crop=TUNE["crop"],
         iterations=TUNE["admm"]["iterations"],
         sigma_max=TUNE["admm"]["sigma_max"],
@@ -48,7 +50,7 @@ rule tune_admm:
         "../../environment.yml"
     shell:
         "python -m mtdeq --precision {params.precision} tune --method admm --task {wildcards.task} --prior {input.prior}"
-        " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
+        " --images {params.images} --max-images {params.max_images} --crop {params.crop} {params.validation}"
         " --iterations {params.iterations} --sigma-max {params.sigma_max}"
         " --sigma-min {params.sigma_min} --lam-scale {params.lam_scale} {params.edges}"
         " --seed {params.seed} --device {params.device} --out {output} {params.protocol} > {log} 2>&1"
@@ -58,6 +60,7 @@ rule tune_red:
     """Grid-search K, lam, sigma_denoise, step of RED with the Gauss prior for one task."""
     input:
         images=ancient(fetched(config["data"]["val_set"], "data.val_set")),
+        test_images=ancient(fetched(config["data"]["test_set"], "data.test_set")),
         prior="results/{scale}/models/gauss.pt",
     output:
         "results/{scale}/tune/red_{task}.csv",
@@ -66,6 +69,7 @@ rule tune_red:
         precision=config["precision"],
         images=config["data"]["val_set"],
         max_images=TUNE["max_images"],
+        validation=validation_args(),
         crop=TUNE["crop"],
         iterations=TUNE["red"]["iterations"],
         lam=TUNE["red"]["lam"],
@@ -88,7 +92,7 @@ rule tune_red:
         "../../environment.yml"
     shell:
         "python -m mtdeq --precision {params.precision} tune --method red --task {wildcards.task} --prior {input.prior}"
-        " --images {params.images} --max-images {params.max_images} --crop {params.crop}"
+        " --images {params.images} --max-images {params.max_images} --crop {params.crop} {params.validation}"
         " --iterations {params.iterations} --red-lam {params.lam} --red-sigma {params.sigma}"
         " --red-step {params.step} --red-tol {params.red_tol} {params.edges} --seed {params.seed}"
         " --device {params.device}"
@@ -122,6 +126,7 @@ rule collect_tuned:
 use rule tune_admm as tune_admm_own with:
     input:
         images=ancient(fetched(config["data"]["val_set"], "data.val_set")),
+        test_images=ancient(fetched(config["data"]["test_set"], "data.test_set")),
         prior=lambda w: f"results/{w.scale}/models/{PRIOR_OF[w.method]}.pt",
     output:
         "results/{scale}/tune_own/{method}_{task}.csv",

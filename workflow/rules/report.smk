@@ -23,11 +23,13 @@ rule config_json:
 
 
 rule tables:
-    """Tables I and II (CSV + Markdown) from the per-image eval CSVs, beside the paper's values."""
+    """Tables I and II (CSV + Markdown) from the per-image eval CSVs, beside the paper's values; the
+    per-image evidence and the margins' verdicts."""
     input:
         evals=expand("results/{scale}/eval/{method}/{task}.csv", scale=SCALE, method=ALL_METHODS, task=TASKS),
         paper="results/paper/paper_tables.csv",
         config=f"results/{SCALE}/config.json",
+        tolerance=TOLERANCE_INPUT,
     output:
         table1="results/table1.csv",
         table2="results/table2.csv",
@@ -41,11 +43,18 @@ rule tables:
         validation_md="results/protocol_validation.md",
         validation_html=report("results/protocol_validation.html", caption="../report/validation.rst",
                                category="Tables"),
+        per_image="results/per_image.csv",
+        margins="results/margins.csv",
+        margin_counts="results/margin_counts.csv",
+        margins_md="results/margins.md",
+        seeds="results/seeds.csv",
     params:
         methods=ALL_METHODS,
         eval_dir=lambda w, input: Path(input.config).parent / "eval",
         out_dir=lambda w, output: Path(output.table1).parent,
         scale=SCALE,
+        seed=config["seed"],
+        tolerance=tolerance_option,
     log:
         f"logs/{SCALE}/tables.log",
     benchmark:
@@ -59,7 +68,7 @@ rule tables:
     shell:
         "python -m mtdeq tables --eval-dir {params.eval_dir} --methods {params.methods}"
         " --paper {input.paper} --scale {params.scale} --config-json {input.config}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} --seed {params.seed} --tolerance {params.tolerance} > {log} 2>&1"
 
 
 # Target `extra`: the same tables with the own-settings and seed rows, written to results/extra/
@@ -72,6 +81,7 @@ use rule tables as tables_extra with:
         ),
         paper="results/paper/paper_tables.csv",
         config=f"results/{SCALE}/config.json",
+        tolerance=TOLERANCE_INPUT,
     output:
         table1="results/extra/table1.csv",
         table2="results/extra/table2.csv",
@@ -84,6 +94,11 @@ use rule tables as tables_extra with:
         validation="results/extra/protocol_validation.csv",
         validation_md="results/extra/protocol_validation.md",
         validation_html="results/extra/protocol_validation.html",
+        per_image="results/extra/per_image.csv",
+        margins="results/extra/margins.csv",
+        margin_counts="results/extra/margin_counts.csv",
+        margins_md="results/extra/margins.md",
+        seeds="results/extra/seeds.csv",
     params:
         methods=lambda w: extra_target_methods(),
     log:

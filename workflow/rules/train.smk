@@ -41,6 +41,7 @@ rule train_deq:
         val_every=DEQ["val_every"],
         val_images=DEQ["val_images"],
         val_task="",  # the task set's default (the lr_study target validates on several)
+        validation=validation_args(),
         launcher=launcher("train"),
         device=device("train"),
     log:
@@ -66,4 +67,4 @@ rule train_deq:
         " --seed {params.seed}"
         " --log-csv {log.csv} --checkpoint-every {params.checkpoint_every} {params.state}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images} {params.val_task}"
-        " --threads {threads} --device {params.device} {params.protocol} > {log.stdout} 2>&1"
+        " {params.validation} --threads {threads} --device {params.device} {params.protocol} > {log.stdout} 2>&1"

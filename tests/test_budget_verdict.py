@@ -1,0 +1,85 @@
+"""The training-budget curve judges every column with the suite's verdict rule (mtdeq.verdict)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from conftest import REPO
+
+from mtdeq import verdict as vd
+from mtdeq.budget import MARGIN_COLUMNS, TASK_MARGIN_COLUMNS, BudgetSettings, run
+from mtdeq.cli import main
+
+PAPER = REPO / "results" / "paper" / "paper_tables.csv"
+TABLE1 = ["comp80", "comp90", "blur1.6", "blur2.0"]
+TABLE2 = ["sr2_bicubic_n0", "sr2_bicubic_n1", "sr2_gauss_n0", "sr2_gauss_n1",
+          "sr3_bicubic_n0", "sr3_bicubic_n1", "sr3_gauss_n0", "sr3_gauss_n1"]
+IMAGES = ["baby", "bird", "butterfly", "head", "woman"]
+Z = np.array([-2.0, -1.0, 0.0, 1.0, 2.0]) / np.std([-2.0, -1.0, 0.0, 1.0, 2.0], ddof=1)
+GAUSS = 30.0 + np.array([-2.0, 1.0, 0.5, -0.5, 1.0])  # per-image Gauss PSNRs, the same on every task
+
+
+def _write(path, psnrs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"image": IMAGES, "psnr": psnrs}).to_csv(path, index=False)
+
+
+def _layout(tmp_path, runs: dict) -> BudgetSettings:
+    """Gauss as GAUSS on every task; run key (prior, seed, steps, settings) -> task -> per-image differences."""
+    for task in TABLE1 + TABLE2:
+        _write(tmp_path / "gauss" / f"{task}.csv", GAUSS)
+    for (prior, seed, steps, settings), diffs in runs.items():
+        for task in TABLE1 + TABLE2:
+            _write(tmp_path / "runs" / prior / f"s{seed}" / str(steps) / settings / f"{task}.csv", GAUSS + diffs(task))
+    return BudgetSettings(runs=str(tmp_path / "runs"), gauss_dir=str(tmp_path / "gauss"), paper=str(PAPER),
+                          out=str(tmp_path / "b.csv"), margins=str(tmp_path / "m.csv"),
+                          figure=str(tmp_path / "b.png"), seed=0, scale="test")
+
+
+RUNS = {
+    # Table I: a clear +0.5 dB; Table II: +0.02 dB inside 0.3 dB of image-to-image noise
+    ("proposed", 0, 100, "gauss"): lambda t: 0.5 + 0.05 * Z if t in TABLE1 else 0.02 + 0.3 * Z,
+    ("control", 0, 100, "gauss"): lambda t: -(0.5 + 0.05 * Z),
+}
+
+
+def test_budget_margins_count_verdicts_not_positive_differences(tmp_path):
+    settings = _layout(tmp_path, RUNS)
+    _, margin = run(settings)
+    assert list(margin.columns) == MARGIN_COLUMNS
+    by = margin.set_index(["table", "comparison"])
+    assert tuple(by.loc[("table1", "proposed-gauss"), ["wins", "ties", "losses", "n_tasks"]]) == (4, 0, 0, 4)
+    # ahead on every Table II column by +0.02 dB, but inside the noise: ties, not wins
+    row = by.loc[("table2", "proposed-gauss")]
+    assert row["mean_margin"] > 0 and (row["wins"], row["ties"], row["losses"]) == (0, 8, 0)
+    assert tuple(by.loc[("table1", "control-gauss"), ["wins", "ties", "losses"]]) == (0, 0, 4)
+    assert tuple(by.loc[("table1", "proposed-control"), ["wins", "ties", "losses"]]) == (4, 0, 0)
+
+    per_task = pd.read_csv(tmp_path / "margins_per_task.csv")  # default: beside --margins
+    assert list(per_task.columns) == TASK_MARGIN_COLUMNS
+    assert len(per_task) == 3 * 12 and set(per_task["n_images"]) == {5} and not per_task["degenerate"].any()
+    row = per_task[(per_task["comparison"] == "proposed-gauss") & (per_task["task"] == "comp80")].iloc[0]
+    assert row["ci_low"] > 0.4 and row["ci_high"] < 0.6 and row["verdict"] == vd.WIN and row["tolerance"] == 0.05
+    assert list(per_task.loc[per_task["comparison"] == "proposed-gauss", "task"]) == TABLE1 + TABLE2  # paper order
+    md = (tmp_path / "m.md").read_text()
+    assert "| 100 | 0 | gauss | +0.50 (4/4) | +0.02 (0/8) |" in md
+    assert "Every column" in md and "| 100 | 0 | gauss | Proposed − Gauss | 4/8/0 | +0.50 [" in md
+    assert (tmp_path / "b.png").stat().st_size > 10_000  # the curve is still drawn
+
+
+def test_budget_verdicts_use_the_tolerance_file(tmp_path):
+    settings = _layout(tmp_path, RUNS)
+    tolerance = tmp_path / "tolerance.yaml"
+    tolerance.write_text("default: 0.05\nrows: {proposed: {table1: 1.5}}\n")
+    rc = main(["budget", "--runs", settings.runs, "--gauss-dir", settings.gauss_dir, "--paper", str(PAPER),
+               "--out", settings.out, "--margins", settings.margins, "--figure", settings.figure,
+               "--tolerance", str(tolerance), "--task-margins", str(tmp_path / "tm.csv")])
+    assert rc == 0
+    per_task = pd.read_csv(tmp_path / "tm.csv")
+    t1 = per_task[per_task["table"] == "table1"].set_index(["comparison", "task"])
+    # proposed's row allows 1.5 dB on Table I: +0.5 over Gauss is a tie, and so is +1.0 over the control
+    assert t1.loc[("proposed-gauss", "comp80"), "tolerance"] == 1.5
+    assert set(t1.loc["proposed-gauss", "verdict"]) == {vd.TIE}
+    assert t1.loc[("proposed-control", "comp80"), "verdict"] == vd.TIE
+    assert set(t1.loc["control-gauss", "verdict"]) == {vd.LOSS}  # control -> gauss_budget: default 0.05
+    assert str(tolerance) in (tmp_path / "m.md").read_text()
