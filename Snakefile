@@ -7,6 +7,7 @@
 #   snakemake --cores 8 extra                                 labelled extras (own settings, seeds)
 #   snakemake --cores 2 budget                                the training-budget curve (hours)
 #   snakemake --cores 2 lr_study                              lr / warm-up / batch runs, on Set14
+#   snakemake --cores 2 heldout                               margins on held-out BSDS500 test images
 #
 # DAG: fetch -> pretrain_denoiser (Gauss prior) -> train_deq (mtdeq, st_comp, st_sr)
 #      and train_control (gauss_budget) -> tune_admm / tune_red on Set14 -> collect_tuned
@@ -40,6 +41,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/budget.smk"
 include: "workflow/rules/lr_study.smk"
+include: "workflow/rules/heldout.smk"
 
 
 rule all:
@@ -50,12 +52,13 @@ rule all:
         "results/table2.md",
         "results/fig2.png",
         expand("results/{scale}/{name}.csv", scale=SCALE, name=("timings", "convergence")),
+        HELDOUT_TARGET if config["heldout"]["in_all"] else [],
     default_target: True
 
 
-# Extra, labelled analyses outside `all`: priors tuned with their own settings and the MTDEQ
-# prior retrained with other seeds (tune.own_priors / spread.seeds, else extra.own_priors /
-# extra.seeds) -> results/extra/table{1,2}.{csv,md}, results/extra/spread.csv.
+# Extra, labelled analyses outside `all`: priors tuned with their own settings and the priors of
+# spread.priors (default MTDEQ) retrained with other seeds (tune.own_priors / spread.seeds, else
+# extra.own_priors / extra.seeds) -> results/extra/table{1,2}.{csv,md}, results/extra/spread.csv.
 rule extra:
     input:
         rules.tables_extra.output,

@@ -25,6 +25,7 @@ STAGE_MODULES = (
     "mtdeq.check",
     "mtdeq.budget",
     "mtdeq.lrstudy",
+    "mtdeq.heldout",
     "mtdeq.bench",
     "mtdeq.docs",
 )

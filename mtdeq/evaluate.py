@@ -36,6 +36,11 @@ from mtdeq.tasks import TEST_PROTOCOL, Protocol, add_protocol_args, protocol_fro
 # psnr: clipped to [0, 1] (our convention); psnr_unclipped: [8]'s compare_psnr, which does not clip
 CSV_COLUMNS = ["image", "method", "task", "sigma_noise", "psnr", "ssim", "iterations", "seconds", "psnr_unclipped"]
 BUDGET_COLUMNS = ["psnr_2x", "iterations_2x"]  # with --budget-check: the same solve with 2x the iterations
+# with --budget-curve (implies --budget-check): PSNR after round(f K) iterations for f in CURVE_FRACTIONS
+# (f = 1 and 2 are the psnr and psnr_2x columns), so a cell whose PSNR falls with more iterations
+# can report its best K (best_budget)
+CURVE_FRACTIONS = (0.5, 1.5)
+CURVE_COLUMNS = [f"psnr_{f:g}x" for f in CURVE_FRACTIONS] + [f"iterations_{f:g}x" for f in CURVE_FRACTIONS]
 TUNED_COLUMNS = ["method", "task", "iterations", "sigma_max", "sigma_min", "lam", "sigma_denoise", "step"]
 # eval method -> which tuned-parameter row (algorithm) it uses; every method not listed uses admm
 METHODS = ("red", "gauss", "gauss_budget", "st_comp", "st_sr", "proposed")
@@ -135,49 +140,93 @@ def load_test_images(folder: str | Path, *, max_images: int | None = None, crop:
 
 
 def run_solver(params: SolverParams, *, op, y, denoiser, sigma_noise: float, progress: bool = False,
-               red_tol: float = 0.0, snapshot_at: int | None = None):
+               red_tol: float = 0.0, snapshot_at: int | None = None, snapshots_at: tuple[int, ...] = (),
+               red_accel: str = "plain"):
     """Run PnP-ADMM or RED with ``params``; returns (x (B, 3, H, W), info with .iterations, .seconds).
 
     ``red_tol`` > 0 makes RED stop at that relative change, ``params.iterations`` being the cap;
-    ``snapshot_at`` (RED only) also returns the estimate after that many iterations in info.snapshot.
+    ``snapshot_at`` / ``snapshots_at`` (RED only) also return the estimates after those many iterations
+    (info.snapshot / info.snapshots); ``red_accel`` is RED's scheme, "plain" or "anderson"
+    (mtdeq.solvers.red).
     """
     from mtdeq.solvers import pnp_admm, red
 
     common = dict(op=op, y=y, denoiser=denoiser, sigma_noise=sigma_noise, iterations=params.iterations,
                   lam=params.lam, progress=progress)
     if params.algorithm == "admm":
-        if snapshot_at is not None:
+        if snapshot_at is not None or snapshots_at:
             raise ValueError("run_solver: snapshot_at applies to RED only (PnP-ADMM's schedule depends on K)")
         return pnp_admm(**common, sigma_max=params.sigma_max, sigma_min=params.sigma_min)
     if params.algorithm == "red":
         return red(**common, sigma_denoise=params.sigma_denoise, step=1.0 if params.step is None else params.step,
-                   tol=red_tol, snapshot_at=snapshot_at)
+                   tol=red_tol, snapshot_at=snapshot_at, snapshots_at=snapshots_at, accel=red_accel)
     raise ValueError(f"unknown algorithm {params.algorithm!r}; expected 'admm' or 'red'")
 
 
-def solve_with_budget_check(params: SolverParams, budget_check: bool, x_gt, **solve):
+def curve_iterations(k: int) -> list[int]:
+    """The iteration counts max(1, round(f K)) of CURVE_FRACTIONS for the tuned K."""
+    return [max(1, int(round(f * k))) for f in CURVE_FRACTIONS]
+
+
+def solve_with_budget_check(params: SolverParams, budget_check: bool, x_gt, *, budget_curve: bool = False,
+                            **solve):
     """run_solver, and with ``budget_check`` also the solve with twice the iterations.
 
     Returns (x_hat on the CPU, info, {} or {"psnr_2x": PSNR of the 2K solve against x_gt,
-    "iterations_2x": int}).  RED has no memory beyond its iterate, so one run with cap 2K and a
-    snapshot at K gives both results; PnP-ADMM's schedule depends on K, so its 2K solve is a
-    second run.
+    "iterations_2x": int}).  RED has no memory beyond its iterate (and with Anderson the snapshot at K
+    of a longer run is still the run capped at K), so one run with cap 2K and a snapshot at K gives
+    both results; PnP-ADMM's schedule depends on K, so its 2K solve is a second run.
+    ``budget_curve`` (implies budget_check) adds the CURVE_COLUMNS: PSNR and iterations after
+    round(f K) iterations for f in CURVE_FRACTIONS (RED: snapshots of the same run; ADMM: one more
+    solve per fraction, with its schedule over that many iterations).
     """
     from mtdeq.metrics import psnr
 
-    if not budget_check:
+    if not (budget_check or budget_curve):
         x_hat, info = run_solver(params, **solve)
         return x_hat.detach().cpu(), info, {}
-    double = replace(params, iterations=2 * params.iterations)
+    k = params.iterations
+    double = replace(params, iterations=2 * k)
+    extra = curve_iterations(k) if budget_curve else []
+    curve = {}
     if params.algorithm == "red":
-        x_2x, info_2x = run_solver(double, snapshot_at=params.iterations, **solve)
-        info = replace(info_2x, iterations=info_2x.snapshot_iterations, snapshot=None)
+        x_2x, info_2x = run_solver(double, snapshot_at=k, snapshots_at=tuple(extra), **solve)
+        info = replace(info_2x, iterations=info_2x.snapshot_iterations, snapshot=None, snapshots={},
+                       snapshots_iterations={})
         x_hat = info_2x.snapshot
+        for f, n in zip(CURVE_FRACTIONS, extra):
+            curve[f] = (info_2x.snapshots[n], info_2x.snapshots_iterations[n])
     else:
         x_hat, info = run_solver(params, **solve)
         x_2x, info_2x = run_solver(double, **solve)
+        for f, n in zip(CURVE_FRACTIONS, extra):
+            x_f, info_f = run_solver(replace(params, iterations=n), **solve)
+            curve[f] = (x_f, int(info_f.iterations))
     budget = {"psnr_2x": psnr(x_2x.detach().cpu(), x_gt), "iterations_2x": int(info_2x.iterations)}
+    for f, (x_f, n) in curve.items():
+        budget[f"psnr_{f:g}x"] = psnr(x_f.detach().cpu(), x_gt)
+        budget[f"iterations_{f:g}x"] = int(n)
     return x_hat.detach().cpu(), info, budget
+
+
+def best_budget(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, task) of an evaluation table with the budget-curve columns: the mean PSNR at each
+    multiple f of the tuned K (0.5, 1, 1.5, 2) and the best of them -- "report the best K, not only
+    the cap" where more iterations hurt.  Columns method, task, k (the tuned K = iterations of the
+    f = 1 solve, the largest over the images), psnr_<f>x, best_factor, best_k (round(best_factor * K)),
+    best_psnr, psnr_k (the mean at K, the reported cell).  A fraction whose column is absent is skipped.
+    """
+    factors = {0.5: "psnr_0.5x", 1.0: "psnr", 1.5: "psnr_1.5x", 2.0: "psnr_2x"}
+    rows = []
+    for (method, task), group in table.groupby(["method", "task"], sort=False):
+        means = {f: float(group[c].mean()) for f, c in factors.items() if c in group.columns}
+        best = max(means, key=lambda f: (means[f], -f))  # ties: the smaller budget
+        k = int(group["iterations"].max())
+        rows.append({"method": method, "task": task, "k": k,
+                     **{f"psnr_{f:g}x": v for f, v in means.items()},
+                     "best_factor": best, "best_k": max(1, int(round(best * k))), "best_psnr": means[best],
+                     "psnr_k": means[1.0]})
+    return pd.DataFrame(rows)
 
 
 def degraded_view(op, y, x_gt):
@@ -209,6 +258,9 @@ class EvalSettings:
     protocol: Protocol = TEST_PROTOCOL  # kernels, SR start and crops of the observations
     red_tol: float = 0.0  # RED's relative-change stop (0: exactly the tuned K iterations)
     budget_check: bool = False  # also run with twice the iterations: columns psnr_2x, iterations_2x
+    budget_curve: bool = False  # also K/2 and 3K/2 (CURVE_COLUMNS; implies budget_check)
+    channels_last: bool = True  # channels-last network weights (mtdeq.models.for_inference)
+    red_accel: str = "plain"  # RED's scheme: plain or anderson (mtdeq.solvers.red)
 
 
 def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
@@ -230,7 +282,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     params = read_params(settings.params, algorithm, settings.task, method=settings.method)
     denoiser, backbone = load_prior(settings.prior)
     device = resolve_device(settings.device)
-    denoiser = for_inference(denoiser, device)
+    denoiser = for_inference(denoiser, device, channels_last=settings.channels_last)
     images = load_test_images(settings.images, max_images=settings.max_images, crop=settings.crop)
 
     rows = []
@@ -238,8 +290,10 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     for index, (name, x) in enumerate(bar):
         deg = settings.protocol.degrade(task, x, seed=settings.seed + index)  # same seed: same y for every method
         y = deg.y.to(device)
-        solve = dict(op=deg.op, y=y, denoiser=denoiser, sigma_noise=task.sigma_noise, red_tol=settings.red_tol)
-        x_hat, info, budget = solve_with_budget_check(params, settings.budget_check, deg.x_gt, **solve)
+        solve = dict(op=deg.op, y=y, denoiser=denoiser, sigma_noise=task.sigma_noise, red_tol=settings.red_tol,
+                     red_accel=settings.red_accel)
+        x_hat, info, budget = solve_with_budget_check(params, settings.budget_check, deg.x_gt,
+                                                      budget_curve=settings.budget_curve, **solve)
         rows.append(
             {
                 "image": name,
@@ -261,7 +315,8 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
                 view = degraded_view(deg.op, deg.y, deg.x_gt)
                 write_image(input_dir_for(settings.save_dir, settings.task) / f"{name}.png", view)
 
-    table = pd.DataFrame(rows, columns=CSV_COLUMNS + (BUDGET_COLUMNS if settings.budget_check else []))
+    columns = CSV_COLUMNS + (BUDGET_COLUMNS if settings.budget_check or settings.budget_curve else [])
+    table = pd.DataFrame(rows, columns=columns + (CURVE_COLUMNS if settings.budget_curve else []))
     out = Path(settings.out)
     atomic_write_text(out, table.to_csv(index=False, float_format="%.6f"))
     record = provenance(
@@ -289,6 +344,9 @@ def _run(args: argparse.Namespace) -> int:
         protocol=protocol_from_args(args),
         red_tol=args.red_tol,
         budget_check=args.budget_check,
+        budget_curve=args.budget_curve,
+        channels_last=args.channels_last,
+        red_accel=args.red_accel,
     )
     table = evaluate(settings)
     print(
@@ -323,5 +381,19 @@ def register(subparsers) -> None:
                         "(default 0: exactly K iterations)")
     p.add_argument("--budget-check", action="store_true",
                    help="also solve with twice the iterations and write psnr_2x, iterations_2x (a convergence check)")
+    p.add_argument("--budget-curve", action="store_true",
+                   help="also PSNR after K/2 and 3K/2 iterations (columns psnr_0.5x, psnr_1.5x, iterations_0.5x, "
+                        "iterations_1.5x; implies --budget-check), so a cell that loses PSNR with more iterations "
+                        "can report its best K (mtdeq.evaluate.best_budget)")
+    add_runtime_args(p)
     add_protocol_args(p, test=True)
     p.set_defaults(func=_run)
+
+
+def add_runtime_args(p) -> None:
+    """--channels-last/--no-channels-last and --red-accel, shared by evaluate and tune."""
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last network weights (faster oneDNN convolutions on CPU; the same maths up to "
+                        "rounding); default on, as before the flag existed")
+    p.add_argument("--red-accel", choices=("plain", "anderson"), default="plain",
+                   help="RED's scheme: plain fixed-point iteration (default) or safeguarded Anderson acceleration")

@@ -18,8 +18,8 @@ For table t in {table1, table2} the stage writes into --out-dir:
       extra    any other method found in the eval dir (a labelled extra analysis), after the
                rows above: ``<m>_own`` = prior m evaluated with PnP-ADMM settings tuned for
                itself on the validation set ("Proposed (own settings)", ...),
-               ``proposed_seed<s>`` = the MTDEQ prior retrained with seed s ("Proposed (seed s)",
-               that seed alone; the Proposed row is then the mean over the seeds),
+               ``<m>_seed<s>`` = prior m retrained with seed s ("Proposed (seed s)", "ST Comp
+               (seed s)", ..., that seed alone; the row m is then the mean over the seeds),
                anything else "<name> (extra)"; followed by the derived rows
                "Proposed (own settings) vs. Gauss" and "Proposed (own settings) vs. Gauss + same
                budget (own settings)" when both of their rows exist (ours only).
@@ -126,6 +126,7 @@ EXTRA_DERIVED = (
 )
 OWN_SUFFIX = "_own"
 SEED_ROW = re.compile(r"^proposed_seed(\d+)$")
+ANY_SEED_ROW = re.compile(r"^(?P<method>[a-z][a-z0-9_]*?)_seed(?P<seed>\d+)$")  # any prior with seed s
 SPREAD_COLUMNS = ["table", "task", "seed", "proposed", "proposed_seed", "spread"]
 TABLES = {"table1": "Table I", "table2": "Table II"}
 TASK_LABELS = {
@@ -159,13 +160,13 @@ def table_tasks(paper: pd.DataFrame, table: str) -> list[str]:
 
 
 def extra_label(key: str) -> str:
-    """Row label of an extra method: '<row> (own settings)', 'Proposed (seed s)' or '<key> (extra)'."""
+    """Row label of an extra method: '<row> (own settings)', '<row> (seed s)' or '<key> (extra)'."""
     labels = {row.key: row.label for row in ROWS if row.kind == "ours"}
     if key.endswith(OWN_SUFFIX) and key.removesuffix(OWN_SUFFIX) in labels:
         return f"{labels[key.removesuffix(OWN_SUFFIX)]} (own settings)"
-    seed = SEED_ROW.match(key)
-    if seed:
-        return f"Proposed (seed {seed.group(1)})"
+    seed = ANY_SEED_ROW.match(key)
+    if seed and seed["method"] in labels:
+        return f"{labels[seed['method']]} (seed {seed['seed']})"
     return f"{key} (extra)"
 
 
@@ -173,11 +174,11 @@ def _extra_order(key: str) -> tuple:
     """Own-settings rows (in ROWS order), then seed rows (by seed), then any other extra (by name)."""
     order = [row.key for row in ROWS]
     if key.endswith(OWN_SUFFIX) and key.removesuffix(OWN_SUFFIX) in order:
-        return (0, order.index(key.removesuffix(OWN_SUFFIX)), key)
-    seed = SEED_ROW.match(key)
-    if seed:
-        return (1, int(seed.group(1)), key)
-    return (2, 0, key)
+        return (0, order.index(key.removesuffix(OWN_SUFFIX)), 0, key)
+    seed = ANY_SEED_ROW.match(key)
+    if seed and seed["method"] in order:
+        return (1, order.index(seed["method"]), int(seed["seed"]), key)
+    return (2, 0, 0, key)
 
 
 REQUIRED_COLUMNS = ["image", "method", "task", "psnr", "ssim", "iterations"]  # of the eval CSVs (mtdeq.evaluate)

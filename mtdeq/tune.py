@@ -59,7 +59,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtdeq.cli import add_stage
-from mtdeq.evaluate import SolverParams, centre_crop, run_solver
+from mtdeq.evaluate import SolverParams, add_runtime_args, centre_crop, run_solver
 from mtdeq.runtime import resolve_device
 from mtdeq.tasks import TEST_PROTOCOL, Protocol, add_protocol_args, protocol_from_args
 
@@ -244,6 +244,8 @@ class TuneSettings:
     val_exclude: tuple[str, ...] = ()  # file names in ``images`` never used (mtdeq.leakage.validation_files)
     test_set: str | None = None  # test folder the validation images are checked against (None: no check;
     #                              the CLI's default is data/Set5)
+    channels_last: bool = True  # channels-last network weights (mtdeq.models.for_inference)
+    red_accel: str = "plain"  # RED's scheme: plain or anderson (mtdeq.solvers.red)
 
 
 def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
@@ -269,7 +271,7 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
     grid = candidates(settings.method, settings.grid, task.sigma_noise)
     denoiser, _ = load_prior(settings.prior)
     device = resolve_device(settings.device)
-    denoiser = for_inference(denoiser, device)
+    denoiser = for_inference(denoiser, device, channels_last=settings.channels_last)
     images = [(f.stem, centre_crop(read_image(f), settings.crop).unsqueeze(0)) for f in files]
     # degrade once: every candidate sees the same observations
     observed = [settings.protocol.degrade(task, x, seed=settings.seed + i) for i, (_, x) in enumerate(images)]
@@ -280,7 +282,8 @@ def tune(settings: TuneSettings, *, progress: bool = True) -> pd.DataFrame:
         scores, seconds, ran, at_cap = [], 0.0, 0, 0
         for deg in observed:  # one image per solve: RedInfo.converged is that image's stop
             x_hat, info = run_solver(params, op=deg.op, y=deg.y.to(device), denoiser=denoiser,
-                                     sigma_noise=task.sigma_noise, red_tol=settings.red_tol)
+                                     sigma_noise=task.sigma_noise, red_tol=settings.red_tol,
+                                     red_accel=settings.red_accel)
             value = psnr(x_hat.detach().cpu(), deg.x_gt)
             scores.append(value if math.isfinite(value) else float("nan"))
             seconds += float(info.seconds)
@@ -520,7 +523,8 @@ def _run_tune(args: argparse.Namespace) -> int:
                             bounds=Bounds(max_iterations=args.max_iterations, sigma_cap=args.sigma_cap,
                                           min_gain=args.min_gain),
                             protocol=protocol_from_args(args), red_tol=args.red_tol,
-                            val_exclude=tuple(args.val_exclude), test_set=args.test_set or None)
+                            val_exclude=tuple(args.val_exclude), test_set=args.test_set or None,
+                            channels_last=args.channels_last, red_accel=args.red_accel)
     table = tune(settings)
     best = table.loc[table["val_psnr"].idxmax()] if table["val_psnr"].notna().any() else None
     summary = "no finite candidate" if best is None else f"best val PSNR {best['val_psnr']:.2f} dB"
@@ -572,6 +576,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="candidate CSV, e.g. results/quick/tune/admm_comp90.csv")
     p.add_argument("--red-tol", type=float, default=0.0,
                    help="red: stop at this relative change, K being the cap (default 0: exactly K iterations)")
+    add_runtime_args(p)
     add_protocol_args(p, test=True)
     p.set_defaults(func=_run_tune)
 

@@ -191,3 +191,48 @@ def test_bench_denoise_identity_gives_the_noise_psnr_and_writes_the_csv(tmp_path
     table = pd.read_csv(out)
     assert list(table.columns) == DENOISE_COLUMNS and table["sigma_255"].tolist() == [15, 50]
     assert (table["n_images"] == 2).all() and table["psnr"].notna().all()
+
+
+def test_bench_eval_and_red_write_their_csvs(images, prior, tmp_path):
+    """``bench eval`` (layouts side by side) and ``bench red`` (plain vs Anderson) on a tiny DRUNet and a
+    synthetic image: plumbing, and the two layouts compute the same outputs."""
+    import pandas as pd
+
+    from mtdeq.bench.testtime import RED_COLUMNS, add_eval_args, add_red_args, run_eval, run_red
+
+    image = str(sorted(images.iterdir())[0])
+    parser = argparse.ArgumentParser()
+    add_eval_args(parser)
+    out = tmp_path / "eval.csv"
+    assert run_eval(parser.parse_args(["--prior", str(prior), "--image", image, "--size", "32", "--repeats", "1",
+                                       "--out", str(out)])) == 0
+    table = pd.read_csv(out)
+    assert table["layout"].tolist() == ["default", "channels_last"] and (table["min_s"] > 0).all()
+    assert (table["max_abs_diff"] < 1e-4).all() and table["size"].tolist() == ["32x32"] * 2
+    params = tmp_path / "tuned.csv"
+    pd.DataFrame([{"method": "red", "task": "comp80", "iterations": 10, "lam": 0.3, "sigma_denoise": 0.05,
+                   "step": 1.0}]).to_csv(params, index=False)
+    parser = argparse.ArgumentParser()
+    add_red_args(parser)
+    out = tmp_path / "red.csv"
+    assert run_red(parser.parse_args(["--prior", str(prior), "--params", str(params), "--image", image,
+                                      "--crop", "16", "--tasks", "comp80", "--cap", "8", "--k0", "2",
+                                      "--out", str(out)])) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == RED_COLUMNS and table["accel"].tolist() == ["plain", "anderson"]
+    assert table["dist_to_plain"].iloc[0] == 0 and (table["iterations"] <= 8).all()
+
+
+def test_k_stable_is_the_smallest_k_whose_doubling_changes_little():
+    from mtdeq.bench.testtime import k_stable
+
+    assert k_stable({5: 20.0, 10: 25.0, 20: 25.05, 40: 25.0}, 0.1) == 10
+    assert k_stable({5: 20.0, 10: 25.0}, 0.1) is None
+
+
+def test_bench_eval_and_red_are_registered():
+    from mtdeq.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["bench", "red", "--tasks", "comp90"]).tasks == ["comp90"]
+    assert parser.parse_args(["bench", "eval", "--threads", "1"]).threads == 1

@@ -48,9 +48,10 @@ def test_evaluate_writes_csv_and_every_method_sees_the_same_input(setup, monkeyp
     seen: dict[str, list[torch.Tensor]] = {}
     original = ev.run_solver
 
-    def recording(params, *, op, y, denoiser, sigma_noise, progress=False, red_tol=0.0):
+    def recording(params, *, op, y, denoiser, sigma_noise, progress=False, red_tol=0.0, **solver_options):
         seen.setdefault(current, []).append(y.clone())
-        return original(params, op=op, y=y, denoiser=denoiser, sigma_noise=sigma_noise, red_tol=red_tol)
+        return original(params, op=op, y=y, denoiser=denoiser, sigma_noise=sigma_noise, red_tol=red_tol,
+                        **solver_options)
 
     monkeypatch.setattr(ev, "run_solver", recording)
     tables = {}
@@ -321,3 +322,58 @@ def test_red_tolerance_stops_early_and_is_recorded(setup):
     fixed = ev.evaluate(_settings(setup, "red"), progress=False)
     loose = ev.evaluate(_settings(setup, "red", red_tol=1e3), progress=False)  # any change is "small"
     assert (loose["iterations"] <= fixed["iterations"]).all() and (loose["iterations"] < fixed["iterations"]).any()
+
+
+def _scaled(setup, factor, name):
+    """A copy of tuned_params.csv with every K multiplied by ``factor`` (rounded, >= 1)."""
+    table = pd.read_csv(setup["params"])
+    table["iterations"] = [max(1, int(round(factor * k))) for k in table["iterations"]]
+    path = setup["root"] / name
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("method,task", [("gauss", "blur1.6"), ("red", "comp80")])
+def test_budget_curve_adds_psnr_at_half_and_one_and_a_half_k(setup, method, task):
+    """--budget-curve: new columns only (psnr / psnr_2x unchanged); each curve point is the solve capped
+    at round(f K) (ADMM: its own run; RED: a snapshot of the one 2K run)."""
+    check = ev.evaluate(_settings(setup, method, task=task, budget_check=True), progress=False)
+    table = ev.evaluate(_settings(setup, method, task=task, budget_curve=True), progress=False)
+    assert list(table.columns) == ev.CSV_COLUMNS + ev.BUDGET_COLUMNS + ev.CURVE_COLUMNS
+    for column in ev.CSV_COLUMNS + ev.BUDGET_COLUMNS:
+        if column != "seconds":
+            assert table[column].tolist() == check[column].tolist(), column
+    for f in ev.CURVE_FRACTIONS:
+        capped = ev.evaluate(_settings(setup, method, task=task, params=str(_scaled(setup, f, f"k{f:g}.csv"))),
+                             progress=False)
+        assert table[f"psnr_{f:g}x"].tolist() == pytest.approx(capped["psnr"].tolist(), abs=1e-9)
+        assert table[f"iterations_{f:g}x"].tolist() == capped["iterations"].tolist()
+
+
+def test_best_budget_reports_the_best_k_where_more_iterations_hurt():
+    table = pd.DataFrame({
+        "image": ["a", "b", "a", "b"], "method": ["red"] * 2 + ["gauss"] * 2, "task": ["sr2"] * 4,
+        "iterations": [100, 100, 40, 40],
+        "psnr_0.5x": [31.0, 30.0, 29.0, 29.0], "psnr": [30.8, 29.8, 29.5, 29.5],
+        "psnr_1.5x": [30.7, 29.7, 29.6, 29.6], "psnr_2x": [30.6, 29.6, 29.6, 29.6],
+    })
+    best = ev.best_budget(table).set_index("method")
+    assert best.loc["red", "best_k"] == 50 and best.loc["red", "best_psnr"] == pytest.approx(30.5)
+    assert best.loc["red", "psnr_k"] == pytest.approx(30.3)
+    assert best.loc["gauss", "best_factor"] == 1.5 and best.loc["gauss", "best_k"] == 60  # tie: smaller budget
+
+
+def test_evaluate_channels_last_flag_is_the_same_maths(setup):
+    """--no-channels-last changes the layout only (tiny float32 DRUNet, ADMM): measured max |diff| of the
+    PSNRs ~1e-5 dB; the CLI flag reaches the settings."""
+    cl = ev.evaluate(_settings(setup, "gauss", task="blur1.6"), progress=False)
+    plain = ev.evaluate(_settings(setup, "gauss", task="blur1.6", channels_last=False), progress=False)
+    assert plain["psnr"].tolist() == pytest.approx(cl["psnr"].tolist(), abs=1e-3)
+    out = setup["root"] / "cli_nocl.csv"
+    assert main(["evaluate", "--method", "gauss", "--task", "blur1.6", "--prior", str(setup["prior"]),
+                 "--images", str(setup["images"]), "--params", str(setup["params"]), "--out", str(out),
+                 "--no-channels-last"]) == 0
+    import json
+    settings = json.loads(out.with_suffix(".provenance.json").read_text())["config"]["settings"]
+    assert settings["channels_last"] is False and settings["red_accel"] == "plain"
+    assert pd.read_csv(out)["psnr"].tolist() == pytest.approx(plain["psnr"].tolist(), abs=1e-5)

@@ -296,3 +296,39 @@ def test_the_tolerance_file_feeds_the_verdicts(tmp_path):
     assert rc == 0
     margins = pd.read_csv(tmp_path / "o2" / "margins.csv")
     assert set(margins["tolerance"]) == {0.05} and "fallback 0.05 dB" in (tmp_path / "o2" / "margins.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["proposed", "st_comp", "st_sr", "gauss_budget"])
+def test_every_seeded_prior_is_its_method_with_a_seed(tmp_path, method):
+    """'<m>_seed<s>' of every prior spread.priors may retrain: method m, seed s; cells and margins
+    average the seeds per image, seeds.csv holds the seed mean and sd, spread.csv stays Proposed's."""
+    from mtdeq.per_image import split_seed
+
+    assert split_seed(f"{method}_seed1", 0) == (method, 1) and split_seed(method, 0) == (method, 0)
+    base = {"gauss": (28.0, 30.0), "gauss_budget": (28.5, 30.5), "proposed": (29.0, 31.5),
+            "st_comp": (27.0, 29.0), "st_sr": (27.5, 29.5)}
+    a, b = base[method]
+    ours = {**base, f"{method}_seed1": (a + 0.4, b + 0.2), f"{method}_seed2": (a + 0.8, b + 0.4)}
+    eval_dir = write_eval_dir(tmp_path, ours=ours, offsets={"comp80": 0.0})
+    result = tb.make_tables(tb.TableSettings(str(eval_dir), str(PAPER), "unit", str(tmp_path / "out"), seed=0))
+    per_image = pd.read_csv(tmp_path / "out" / "per_image.csv")
+    assert set(per_image["method"]) == set(base)
+    assert sorted(set(per_image.loc[per_image["method"] == method, "seed"])) == [0, 1, 2]
+    t1 = result["table1"].set_index("key")
+    assert t1.loc[method, "comp80"] == pytest.approx((a + b) / 2 + 0.3)  # mean of seeds 0, 1, 2 per image
+    label = t1.loc[f"{method}_seed1", "method"]
+    assert label.endswith("(seed 1)") and "(extra)" not in label
+    seeds = pd.read_csv(tmp_path / "out" / "seeds.csv")
+    (row,) = seeds[seeds["method"] == method].itertuples(index=False)
+    assert row.n_seeds == 3 and row.seeds == "0 1 2"
+    assert row.seed_sd == pytest.approx(np.std([(a + b) / 2, (a + b) / 2 + 0.3, (a + b) / 2 + 0.6], ddof=1), abs=1e-4)
+    margins = pd.read_csv(tmp_path / "out" / "margins.csv").set_index(["prior", "baseline"])
+    if method == "proposed":
+        assert margins.loc[("proposed", "gauss"), "margin"] == pytest.approx(1.25 + 0.3)
+        assert len(pd.read_csv(tmp_path / "out" / "spread.csv")) == 2
+    elif method == "gauss_budget":  # the control as baseline is seed-averaged too
+        assert margins.loc[("proposed", "gauss_budget"), "margin"] == pytest.approx(0.75 - 0.3)
+        assert margins.loc[("gauss_budget", "gauss"), "n_seeds"] == 3
+    else:
+        assert margins.loc[(method, "gauss"), "margin"] == pytest.approx((a + b) / 2 - 29.0 + 0.3)
+        assert len(pd.read_csv(tmp_path / "out" / "spread.csv")) == 0

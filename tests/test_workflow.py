@@ -81,7 +81,7 @@ def test_dry_run_plans_every_rule(configfile):
 def assert_logs_and_benchmarks(out: str) -> None:
     """Every planned job that runs a stage has a log and a benchmark."""
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        if re.match(r"(?:local)?rule (?!all:|extra:)\w+:", block):
+        if re.match(r"(?:local)?rule (?!all:|extra:|heldout:)\w+:", block):
             assert "    log: " in block and "    benchmark: " in block, block[:500]
 
 
@@ -273,3 +273,70 @@ def test_slurm_profile_plans_the_paper_run():
             r"resources: .*gpu=4.*runtime=2880", block), block
         assert "torchrun --standalone --nproc-per-node 4 -m mtdeq --precision float32 train-deq" in block
         assert "--steps 134282" in block and "--crop 128" in block and "--tol 1e-07" in block
+
+
+SEEDS_ALL_PRIORS = "spread:\n  seeds: [1, 2]\n  priors: [mtdeq, st_comp, st_sr, gauss_budget]\n"
+
+
+def test_spread_priors_retrain_every_prior_with_every_seed(tmp_path):
+    seeds = tmp_path / "seeds.yaml"
+    seeds.write_text(SEEDS_ALL_PRIORS)
+    counts, out = dry_run("--configfile", "config/ci.yaml", str(seeds))
+    base = EXPECTED_JOBS["config/ci.yaml"]
+    # 3 DEQ priors x 2 seeds, the control x 2 seeds, 4 priors x 2 seeds x 12 tasks
+    assert counts["train_deq"] == base["train_deq"] + 6 and counts["train_control_seed"] == 2
+    assert counts["evaluate"] == base["evaluate"] + 8 * 12
+    assert_logs_and_benchmarks(out)
+    train = shell_commands(out, "train-deq")
+    for prior, task_set in (("mtdeq", "mtdeq"), ("st_comp", "st_comp"), ("st_sr", "st_sr")):
+        for s in (1, 2):
+            (cmd,) = [c for c in train if f"--out results/ci/models/{prior}_seed{s}.pt " in c]
+            assert f"--task-set {task_set} " in cmd and f"--seed {s} " in cmd and "--steps 12 " in cmd
+            assert f"--log-csv results/ci/logs/{prior}_seed{s}.csv " in cmd
+    controls = [c for c in shell_commands(out, "pretrain-denoiser") if "gauss_budget_seed" in c]
+    assert len(controls) == 2
+    for s in (1, 2):
+        (cmd,) = [c for c in controls if f"--out results/ci/models/gauss_budget_seed{s}.pt " in c]
+        assert f"--seed {s} " in cmd and "--init results/ci/models/gauss.pt" in cmd and "--steps 12 " in cmd
+    evals = shell_commands(out, "evaluate")
+    for method, prior in (("proposed", "mtdeq"), ("st_comp", "st_comp"), ("st_sr", "st_sr"),
+                          ("gauss_budget", "gauss_budget")):
+        mine = [c for c in evals if f"--method {method}_seed2 " in c]
+        assert len(mine) == 12 and all(f"--prior results/ci/models/{prior}_seed2.pt " in c
+                                       and "--params results/ci/tuned_params.csv" in c for c in mine)
+    (tables,) = shell_commands(out, "tables")
+    assert ("--methods red gauss gauss_budget st_comp st_sr proposed proposed_seed1 proposed_seed2 st_comp_seed1 "
+            "st_comp_seed2 st_sr_seed1 st_sr_seed2 gauss_budget_seed1 gauss_budget_seed2 --paper") in tables
+
+
+HELDOUT_JOBS = {"heldout_images": 1, "evaluate_heldout": 3 * 12, "heldout_tables": 1, "heldout": 1}
+
+
+def test_heldout_target_plans_the_draw_the_evaluations_and_the_tables(tmp_path):
+    counts, out = dry_run("--configfile", "config/ci.yaml", target="heldout")
+    assert {k: counts[k] for k in HELDOUT_JOBS} == HELDOUT_JOBS
+    assert counts["evaluate"] == 3 * 12  # Set5's margins beside: the same methods on Set5
+    assert "tables" not in counts and "summarize" not in counts
+    assert_logs_and_benchmarks(out)
+    (draw,) = shell_commands(out, "heldout-draw")
+    assert ("--dir data/BSDS500/test --images 3 --seed 0 --out-dir results/ci/heldout/images"
+            " --list results/ci/heldout/images.csv") in draw
+    evals = [c for c in shell_commands(out, "evaluate") if "--out results/ci/heldout/eval/" in c]
+    assert len(evals) == 36
+    for c in evals:
+        assert "--images results/ci/heldout/images --params results/ci/tuned_params.csv" in c
+        assert "--crop 48 " in c and "--max-images" not in c and "--save-dir" not in c and "--budget-check" not in c
+        assert "--sr-init bicubic --test-crop pnp-reg" in c and "--precision float64" in c
+    assert {re.search(r"--method (\S+)", c).group(1) for c in evals} == {"gauss", "proposed", "gauss_budget"}
+    (tables,) = shell_commands(out, "heldout")
+    assert "--eval-dir results/ci/heldout/eval --set5-eval-dir results/ci/eval" in tables
+    assert "--methods gauss proposed gauss_budget --paper" in tables and "--out-dir results/ci/heldout " in tables
+
+    # seeded priors: every seed on the held-out images; heldout.in_all puts the target in `all`
+    seeds = tmp_path / "seeds.yaml"
+    seeds.write_text(SEEDS_ALL_PRIORS + "heldout:\n  in_all: true\n")
+    counts, out = dry_run("--configfile", "config/ci.yaml", str(seeds))
+    assert counts["evaluate_heldout"] == (3 + 4) * 12 and counts["heldout_tables"] == 1 and counts["tables"] == 1
+    (tables,) = shell_commands(out, "heldout")
+    assert ("--methods gauss proposed gauss_budget proposed_seed1 proposed_seed2 gauss_budget_seed1"
+            " gauss_budget_seed2 --paper") in tables

@@ -4,6 +4,8 @@
     train       seconds per training step of both stages (mtdeq.bench.train); with --config the
                 projected CPU- and GPU-hours of a config's training runs (mtdeq.bench.projection)
     denoise     Gaussian-denoising PSNR of a backbone at sigma 15/25/50 (mtdeq.bench.denoise)
+    eval        seconds per prior forward, default layout vs channels-last (mtdeq.bench.testtime)
+    red         RED plain vs Anderson: iterations / seconds to converge (mtdeq.bench.testtime)
 
 Adding a benchmark: put ``name: (add_args, run)`` in BENCHES, where ``add_args(parser)`` adds
 the arguments and ``run(args) -> int`` does the work; the first paragraph of ``run``'s
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 from mtdeq.bench.denoise import add_denoise_args, run_denoise
 from mtdeq.bench.solvers import add_solver_args, run_solvers
+from mtdeq.bench.testtime import add_eval_args, add_red_args, run_eval, run_red
 from mtdeq.bench.train import add_bench_args, run_bench
 
 BENCHES = {"solvers": (add_solver_args, run_solvers), "train": (add_bench_args, run_bench),
-           "denoise": (add_denoise_args, run_denoise)}
+           "denoise": (add_denoise_args, run_denoise), "eval": (add_eval_args, run_eval),
+           "red": (add_red_args, run_red)}
 
 
 def register(subparsers) -> None:

@@ -22,22 +22,27 @@ PRIOR_OF = {
 FIG2_TASKS = [row.split("=")[0] for row in config["figure"]["rows"]]
 
 # Extra, labelled analyses (issue 8): a prior evaluated with PnP-ADMM settings tuned for itself
-# ("<method>_own", params results/<scale>/tuned_params_own/<method>.csv), and the MTDEQ prior
-# retrained with another seed ("proposed_seed<s>", checkpoint models/mtdeq_seed<s>.pt, the Gauss
-# prior's settings) to measure the run-to-run spread.
+# ("<method>_own", params results/<scale>/tuned_params_own/<method>.csv), and a prior of
+# spread.priors retrained with another seed ("<method>_seed<s>", e.g. proposed_seed<s>, checkpoint
+# models/<prior>_seed<s>.pt, the Gauss prior's settings) to measure the run-to-run spread; the
+# tables stage reads '<method>_seed<s>' as method <method> with seed s (mtdeq.per_image).
 OWN_PRIORS = ["proposed", "gauss_budget", "st_comp", "st_sr"]
-EVAL_METHOD_RE = f"{'|'.join(PRIOR_OF)}|(?:{'|'.join(OWN_PRIORS)})_own|proposed_seed[0-9]+"
+# priors that spread.priors may retrain with other seeds -> their eval method (table row)
+SEEDED_METHOD = {"mtdeq": "proposed", "st_comp": "st_comp", "st_sr": "st_sr", "gauss_budget": "gauss_budget"}
+EVAL_METHOD_RE = (f"{'|'.join(PRIOR_OF)}|(?:{'|'.join(OWN_PRIORS)})_own"
+                  f"|(?:{'|'.join(SEEDED_METHOD.values())})_seed[0-9]+")
 
 
-def extra_methods(own_priors, seeds, seeds_key):
-    """Eval method names of the own-settings rows and the seed rows (seeds from config seeds_key)."""
+def extra_methods(own_priors, seeds, seeds_key, priors=("mtdeq",)):
+    """Eval method names of the own-settings rows and the seed rows: every prior of ``priors``
+    (spread.priors) retrained with every seed (from config seeds_key), '<method>_seed<s>'."""
     for s in seeds:
         if s == config["seed"]:
             raise ValueError(
                 f"config {seeds_key}: seed {s} is the main run's seed (config seed); "
-                "a retrained prior with it would equal the Proposed prior"
+                "a retrained prior with it would equal the main run's prior"
             )
-    return [f"{m}_own" for m in own_priors] + [f"proposed_seed{s}" for s in seeds]
+    return [f"{m}_own" for m in own_priors] + [f"{SEEDED_METHOD[p]}_seed{s}" for p in priors for s in seeds]
 
 
 def extra_target_methods():
@@ -47,18 +52,19 @@ def extra_target_methods():
     seeds = config["spread"]["seeds"] or config["extra"]["seeds"]
     seeds_key = "spread.seeds" if config["spread"]["seeds"] else "extra.seeds"
     own = config["tune"]["own_priors"] or config["extra"]["own_priors"]
-    return config["evaluate"]["methods"] + extra_methods(own, seeds, seeds_key)
+    return config["evaluate"]["methods"] + extra_methods(own, seeds, seeds_key, config["spread"]["priors"])
 
 
 def prior_of(method):
     """Checkpoint name (results/<scale>/models/<name>.pt) behind an eval method."""
-    if method.startswith("proposed_seed"):
-        return f"mtdeq_seed{method.removeprefix('proposed_seed')}"
+    if "_seed" in method:  # '<m>_seed<s>': prior m retrained with seed s
+        base, seed = method.rsplit("_seed", 1)
+        return f"{PRIOR_OF[base]}_seed{seed}"
     return PRIOR_OF[method.removesuffix("_own")]
 
 
 def prior_setting(prior, key):
-    """priors.<prior>.<key>; mtdeq_seed<s> takes the settings of priors.mtdeq."""
+    """priors.<prior>.<key>; <prior>_seed<s> (e.g. mtdeq_seed1) takes the settings of priors.<prior>."""
     return PRIORS[prior.split("_seed")[0]][key]
 
 
@@ -247,3 +253,14 @@ def lr_study_files(kind):
         return [f"{LR_DIR}/models/{r}.pt" for r in LR_RUNS]
 
     return files
+
+
+# RED's scheme (tune.red.accel) for tuning and evaluation; "" = the plain iteration (the default)
+RED_ACCEL = (
+    "" if config["tune"]["red"]["accel"] == "plain" else f"--red-accel {config['tune']['red']['accel']}"
+)
+
+
+def layout_option(section):
+    """'' (channels-last test-time networks, the default) or --no-channels-last, from section.channels_last."""
+    return "" if section["channels_last"] else "--no-channels-last"

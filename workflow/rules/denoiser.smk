@@ -110,3 +110,18 @@ rule train_control:
         " --seed {params.seed} --log-csv {log.csv} --checkpoint-every {params.checkpoint_every} {params.state}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images}"
         " {params.validation} --threads {threads} --device {params.device} > {log.stdout} 2>&1"
+
+
+# The control retrained with another seed (spread.priors contains gauss_budget): gauss_budget_seed<s>.
+use rule train_control as train_control_seed with:
+    output:
+        "results/{scale}/models/gauss_budget_seed{seed}.pt",
+    wildcard_constraints:
+        seed=r"[0-9]+",
+    params:
+        seed=lambda w: int(w.seed),
+    log:
+        stdout="logs/{scale}/train_control_seed/{seed}.log",
+        csv="results/{scale}/logs/gauss_budget_seed{seed}.csv",
+    benchmark:
+        "benchmarks/{scale}/train_control_seed/{seed}.tsv"

@@ -10,9 +10,10 @@ METHODS = EVAL["methods"]
 # edge extension of both grid searches (tune.extend_rounds beyond the grid, within the bounds)
 EXTEND = (f"--extend-rounds {TUNE['extend_rounds']} --max-iterations {TUNE['max_iterations']}"
           f" --sigma-cap {TUNE['sigma_cap']} --min-gain {TUNE['min_gain']}")
-# Table rows of `all`: evaluate.methods plus the extras of tune.own_priors and spread.seeds
-# (both empty by default).
-ALL_METHODS = METHODS + extra_methods(TUNE["own_priors"], config["spread"]["seeds"], "spread.seeds")
+# Table rows of `all`: evaluate.methods plus the extras of tune.own_priors and spread.seeds x
+# spread.priors (seeds and own_priors empty by default).
+ALL_METHODS = METHODS + extra_methods(TUNE["own_priors"], config["spread"]["seeds"], "spread.seeds",
+                                      config["spread"]["priors"])
 
 
 rule tune_admm:
@@ -36,6 +37,8 @@ rule tune_admm:
         lam_scale=TUNE["admm"]["lam_scale"],
         edges=EXTEND,
         seed=config["seed"],
+        channels_last=layout_option(TUNE),
+        red_accel=RED_ACCEL,
         device=device("tune"),
     log:
         "logs/{scale}/tune/admm_{task}.log",
@@ -53,7 +56,8 @@ rule tune_admm:
         " --images {params.images} --max-images {params.max_images} --crop {params.crop} {params.validation}"
         " --iterations {params.iterations} --sigma-max {params.sigma_max}"
         " --sigma-min {params.sigma_min} --lam-scale {params.lam_scale} {params.edges}"
-        " --seed {params.seed} --device {params.device} --out {output} {params.protocol} > {log} 2>&1"
+        " --seed {params.seed} {params.channels_last} {params.red_accel} --device {params.device} --out {output}"
+        " {params.protocol} > {log} 2>&1"
 
 
 rule tune_red:
@@ -78,6 +82,8 @@ rule tune_red:
         red_tol=TUNE["red"]["tol"],
         edges=EXTEND,
         seed=config["seed"],
+        channels_last=layout_option(TUNE),
+        red_accel=RED_ACCEL,
         device=device("tune"),
     log:
         "logs/{scale}/tune/red_{task}.log",
@@ -95,6 +101,7 @@ rule tune_red:
         " --images {params.images} --max-images {params.max_images} --crop {params.crop} {params.validation}"
         " --iterations {params.iterations} --red-lam {params.lam} --red-sigma {params.sigma}"
         " --red-step {params.step} --red-tol {params.red_tol} {params.edges} --seed {params.seed}"
+        " {params.channels_last} {params.red_accel}"
         " --device {params.device}"
         " --out {output} {params.protocol} > {log} 2>&1"
 
@@ -169,9 +176,13 @@ rule evaluate:
         max_images=option("--max-images", EVAL["max_images"]),
         crop=option("--crop", EVAL["crop"]),
         seed=config["seed"],
+        channels_last=layout_option(EVAL),
+        red_accel=RED_ACCEL,
         red_tol=TUNE["red"]["tol"],
         # the baselines' convergence check: RED and Gauss also solved with twice the iterations
-        budget_check=lambda w: "--budget-check" if w.method in ("red", "gauss") else "",
+        budget_check=lambda w: (
+            ("--budget-curve" if EVAL["budget_curve"] else "--budget-check") if w.method in ("red", "gauss") else ""
+        ),
         device=device("evaluate"),
     log:
         "logs/{scale}/evaluate/{method}/{task}.log",
@@ -188,5 +199,5 @@ rule evaluate:
         "python -m mtdeq --precision {params.precision} evaluate --method {wildcards.method} --prior {input.prior}"
         " --task {wildcards.task} --images {params.images} --params {input.params}"
         " --out {output} {params.save_dir} {params.max_images} {params.crop}"
-        " --seed {params.seed} --red-tol {params.red_tol} {params.budget_check}"
+        " --seed {params.seed} --red-tol {params.red_tol} {params.budget_check} {params.channels_last} {params.red_accel}"
         " --device {params.device} {params.protocol} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # The DEQ priors of Algorithm 1, fine-tuned from the Gauss prior: MTDEQ (the proposed prior,
 # all tasks), ST Comp and ST SR (single-task controls of Section III-C). mtdeq_seed<s> is the
-# MTDEQ prior retrained with seed s (spread.seeds / extra.seeds): the run-to-run spread.
+# prior retrained with seed s (spread.seeds x spread.priors / extra.seeds): the run-to-run spread;
+# st_comp_seed<s>, st_sr_seed<s> alike (gauss_budget_seed<s>: train_control_seed, denoiser.smk).
 
 
 rule train_deq:
@@ -11,7 +12,7 @@ rule train_deq:
     output:
         "results/{scale}/models/{prior}.pt",
     wildcard_constraints:
-        prior="mtdeq|st_comp|st_sr|mtdeq_seed[0-9]+",
+        prior="(?:mtdeq|st_comp|st_sr)(?:_seed[0-9]+)?",
     params:
         protocol=protocol_args("train"),
         precision=config["precision"],
