@@ -111,3 +111,23 @@ def images(request, tmp_path_factory) -> Path:
 def prior(tmp_path_factory) -> Path:
     """A randomly initialised tiny DRUNet (TINY) in our checkpoint format."""
     return write_tiny_prior(tmp_path_factory.mktemp("prior") / "init.pt")
+
+
+def extend_to_optimum(objective, grid, rounds: int, bounds=None):
+    """Drive mtdeq.tune.next_extension with a known objective of the ADMM fields, as tune() does;
+    return the candidate table (round 0 = the grid, then one extension per round until none)."""
+    import pandas as pd
+
+    from mtdeq import tune as tn
+
+    bounds = tn.Bounds() if bounds is None else bounds
+    rows = [{"method": "admm", **fields, "val_psnr": objective(fields), "round": 0}
+            for fields, _ in tn.candidates("admm", grid, 0.0)]
+    swept = [n for n, v in tn.grid_axes("admm", grid).items() if len(v) > 1]
+    for round_ in range(1, rounds + 1):
+        proposal = tn.next_extension(pd.DataFrame(rows), "admm", swept, bounds)
+        if proposal is None:
+            break
+        fields, _ = tn.make_candidate("admm", proposal, 0.0)
+        rows.append({"method": "admm", **fields, "val_psnr": objective(fields), "round": round_})
+    return pd.DataFrame(rows)

@@ -11,6 +11,7 @@ from PIL import Image
 from mtdeq import evaluate as ev
 from mtdeq import tune as tn
 from mtdeq.cli import main
+from conftest import extend_to_optimum
 from mtdeq.models import BackboneConfig, build_backbone, save_checkpoint
 
 ADMM_ROW = {"method": "admm", "iterations": 4, "sigma_max": 0.2, "sigma_min": 0.02, "lam": np.nan,
@@ -187,33 +188,19 @@ def test_extend_value_follows_the_grid_spacing_and_stops_at_bounds():
     assert tn.extend_value("lam", [0.03, 0.1], "min", best, bounds) == pytest.approx(0.009)
 
 
-def _extend_to_optimum(objective, grid, rounds, bounds=tn.Bounds()):
-    """Drive next_extension with a known objective, as tune() does; return the candidate table."""
-    rows = [{"method": "admm", **fields, "val_psnr": objective(fields), "round": 0}
-            for fields, _ in tn.candidates("admm", grid, 0.0)]
-    swept = [n for n, v in tn.grid_axes("admm", grid).items() if len(v) > 1]
-    for round_ in range(1, rounds + 1):
-        proposal = tn.next_extension(pd.DataFrame(rows), "admm", swept, bounds)
-        if proposal is None:
-            break
-        fields, _ = tn.make_candidate("admm", proposal, 0.0)
-        rows.append({"method": "admm", **fields, "val_psnr": objective(fields), "round": round_})
-    return pd.DataFrame(rows)
-
-
 def test_edge_extension_walks_past_the_grid_to_an_interior_optimum():
     # optimum at K = 4, sigma_min = 0.14: both outside the grid, below resp. above
     def objective(f):
         return 30 - np.log(f["iterations"] / 4) ** 2 - 10 * np.log(f["sigma_min"] / 0.14) ** 2 - (f["sigma_max"] - 0.3) ** 2
 
     grid = tn.Grid(iterations=(15, 30), sigma_max=(0.1, 0.2, 0.3), sigma_min=(0.01, 0.025, 0.06))
-    table = _extend_to_optimum(objective, grid, rounds=10)
+    table = extend_to_optimum(objective, grid, rounds=10)
     best = table.loc[table["val_psnr"].idxmax()]
     assert best["iterations"] == 4 and best["sigma_min"] == 0.144 and best["sigma_max"] == 0.3
     assert tn.edge_flags(table, best, "admm") == ["sigma_max=max"]  # at the cap 0.3; K, sigma_min interior
     assert len(table) <= 18 + 10
     # without extension the best sits on two edges
-    plain = _extend_to_optimum(objective, grid, rounds=0)
+    plain = extend_to_optimum(objective, grid, rounds=0)
     assert tn.edge_flags(plain, plain.loc[plain["val_psnr"].idxmax()], "admm") == ["iterations=min", "sigma_max=max", "sigma_min=max"]
 
 
@@ -222,7 +209,7 @@ def test_edge_extension_stops_when_every_edge_is_at_a_bound():
         return f["iterations"] + 100 * f["sigma_max"] + 100 * f["sigma_min"]
 
     grid = tn.Grid(iterations=(10, 20), sigma_max=(0.2, 0.3), sigma_min=(0.01, 0.02))
-    table = _extend_to_optimum(objective, grid, rounds=50, bounds=tn.Bounds(max_iterations=40, sigma_cap=0.3))
+    table = extend_to_optimum(objective, grid, rounds=50, bounds=tn.Bounds(max_iterations=40, sigma_cap=0.3))
     best = table.loc[table["val_psnr"].idxmax()]
     assert best["iterations"] == 40 and best["sigma_max"] == 0.3 and best["sigma_min"] <= 0.3
     assert len(table) < 8 + 50  # stopped early: nothing left to extend
@@ -234,14 +221,14 @@ def test_edge_bound_says_which_bound_stopped_the_extension():
 
     grid = tn.Grid(iterations=(10, 20), sigma_max=(0.2, 0.3), sigma_min=(0.01, 0.02))
     bounds = tn.Bounds(max_iterations=40, sigma_cap=0.3)
-    done = _extend_to_optimum(objective, grid, rounds=50, bounds=bounds)
+    done = extend_to_optimum(objective, grid, rounds=50, bounds=bounds)
     best = done.loc[done["val_psnr"].idxmax()]
     flags = tn.edge_flags(done, best, "admm")
     reasons = tn.edge_bounds(done, best, "admm", flags, bounds)
     assert "iterations: K cap 40" in reasons and "sigma_max: sigma cap 0.3" in reasons
     assert not any("rounds spent" in r for r in reasons)
     # one round only: the edges it did not reach are non-physical
-    early = _extend_to_optimum(objective, grid, rounds=1, bounds=bounds)
+    early = extend_to_optimum(objective, grid, rounds=1, bounds=bounds)
     best = early.loc[early["val_psnr"].idxmax()]
     reasons = tn.edge_bounds(early, best, "admm", tn.edge_flags(early, best, "admm"), bounds)
     assert any(r.endswith("rounds spent") for r in reasons)
@@ -255,7 +242,7 @@ def test_edge_extension_takes_turns_between_open_ended_parameters():
         return 30 - np.log(f["iterations"]) + 10 * np.log(f["sigma_min"])
 
     grid = tn.Grid(iterations=(15, 30), sigma_max=(0.3,), sigma_min=(0.01, 0.025))
-    table = _extend_to_optimum(objective, grid, rounds=4, bounds=tn.Bounds(sigma_cap=0.3))
+    table = extend_to_optimum(objective, grid, rounds=4, bounds=tn.Bounds(sigma_cap=0.3))
     extended = table[table["round"] > 0]
     new_k = set(extended["iterations"]) - set(grid.iterations)
     new_sigma = set(extended["sigma_min"]) - set(grid.sigma_min)
@@ -269,18 +256,18 @@ def test_flat_edge_stops_extension_and_says_so():
 
     grid = tn.Grid(iterations=(15, 30), sigma_max=(0.3,), sigma_min=(0.01,))
     bounds = tn.Bounds(min_gain=0.01)
-    table = _extend_to_optimum(objective, grid, rounds=10, bounds=bounds)
+    table = extend_to_optimum(objective, grid, rounds=10, bounds=bounds)
     best = table.loc[table["val_psnr"].idxmax()]
     # 30 -> 15 gains 0.0139 dB, 15 -> 8 gains 0.0126, 8 -> 4 gains 0.0139 ... each >= 0.01: keep going;
     # the gain of a step is 0.02 log(ratio), flat once the ratio is below e^0.5 = 1.65 (4 -> 2 -> 1: 2, 2)
     assert table["iterations"].min() == best["iterations"]
     flat = tn.Bounds(min_gain=0.02)
-    table = _extend_to_optimum(objective, grid, rounds=10, bounds=flat)
+    table = extend_to_optimum(objective, grid, rounds=10, bounds=flat)
     best = table.loc[table["val_psnr"].idxmax()]
     assert best["iterations"] == 15 and len(table) == 2  # 30 -> 15 gained 0.0139 < 0.02: flat, no round
     reasons = tn.edge_bounds(table, best, "admm", tn.edge_flags(table, best, "admm"), flat)
     assert reasons == ["iterations: stopped, last step gained +0.014 dB < min_gain 0.02"]
-    unbounded = _extend_to_optimum(objective, grid, rounds=10, bounds=tn.Bounds())
+    unbounded = extend_to_optimum(objective, grid, rounds=10, bounds=tn.Bounds())
     assert unbounded["iterations"].min() == 1  # min_gain 0: only the bound K = 1 stops it
 
 

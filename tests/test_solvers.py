@@ -64,14 +64,14 @@ class MaskOp:
         return y.clone()
 
 
-def smooth(x, width=1.0):
-    """Separable Gaussian smoothing, reflect padding, per channel."""
+def smooth(x, width=1.0, padding="reflect"):
+    """Separable Gaussian smoothing (radius 3), per channel; padding "reflect" or "circular"."""
     radius = 3
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
     k = torch.exp(-0.5 * (t / width) ** 2)
     k = k / k.sum()
     c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.pad(x, (radius, radius, radius, radius), mode=padding)
     x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
@@ -410,14 +410,7 @@ class CircularSmoother(torch.nn.Module):
     (a symmetric kernel on a torus is a symmetric matrix with eigenvalues in (0, 1])."""
 
     def forward(self, x, sigma):
-        radius, width = 3, 1.2
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-        k = torch.exp(-0.5 * (t / width) ** 2)
-        k = k / k.sum()
-        c = x.shape[1]
-        x = F.pad(x, (radius, radius, radius, radius), mode="circular")
-        x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-        return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+        return smooth(x, width=1.2, padding="circular")
 
 
 LINEAR_RED = dict(denoiser=CircularSmoother(), sigma_noise=0.0, sigma_denoise=0.05, lam=0.3)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import extend_to_optimum
 from mtdeq import tune as tn
 from mtdeq.models import BackboneConfig, build_backbone, save_checkpoint
 
@@ -29,20 +30,6 @@ def setup(tmp_path_factory):
     for name in ("a", "b"):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / f"{name}.png")
     return {"root": root, "prior": str(prior), "images": str(images)}
-
-
-def _extend(objective, grid: tn.Grid, rounds: int, bounds: tn.Bounds) -> pd.DataFrame:
-    """Drive next_extension with a known objective, as tune() does; return the candidate table."""
-    rows = [{"method": "admm", **fields, "val_psnr": objective(fields), "round": 0}
-            for fields, _ in tn.candidates("admm", grid, 0.0)]
-    swept = [n for n, v in tn.grid_axes("admm", grid).items() if len(v) > 1]
-    for round_ in range(1, rounds + 1):
-        proposal = tn.next_extension(pd.DataFrame(rows), "admm", swept, bounds)
-        if proposal is None:
-            break
-        fields, _ = tn.make_candidate("admm", proposal, 0.0)
-        rows.append({"method": "admm", **fields, "val_psnr": objective(fields), "round": round_})
-    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- sigma_min <= sigma_max
@@ -64,7 +51,7 @@ def test_extension_tries_sigma_min_equal_to_sigma_max_before_reporting_the_bound
 
     grid = tn.Grid(iterations=(15,), sigma_max=(0.1, 0.2, 0.294), sigma_min=(0.01, 0.025, 0.06))
     bounds = tn.Bounds(sigma_cap=0.294)
-    table = _extend(objective, grid, rounds=10, bounds=bounds)
+    table = extend_to_optimum(objective, grid, rounds=10, bounds=bounds)
     assert (table["sigma_min"] <= table["sigma_max"]).all()
     assert sorted(set(table["sigma_min"])) == [0.01, 0.025, 0.06, 0.144, 0.2]
     best = table.loc[table["val_psnr"].idxmax()]
@@ -81,7 +68,7 @@ def test_min_gain_is_reported_as_a_stopping_rule():
 
     grid = tn.Grid(iterations=(15, 30), sigma_max=(0.3,), sigma_min=(0.01,))
     bounds = tn.Bounds(min_gain=0.02)
-    table = _extend(objective, grid, rounds=10, bounds=bounds)
+    table = extend_to_optimum(objective, grid, rounds=10, bounds=bounds)
     best = table.loc[table["val_psnr"].idxmax()]
     (reason,) = tn.edge_bounds(table, best, "admm", tn.edge_flags(table, best, "admm"), bounds)
     assert reason == "iterations: stopped, last step gained +0.014 dB < min_gain 0.02"
