@@ -273,6 +273,8 @@ def _render_yaml(path: Path, attrs: dict) -> str:
         raise DocsError("a YAML file needs key=<top-level entry>")
     if key not in data and not (key == "rows" and "default" in data):
         raise DocsError(f"no top-level entry {key!r} (entries: {list(data)})")
+    if key == "rows":
+        return _render_tolerance_rows(path)
     value = data.get(key) or {}
     if isinstance(value, list):
         if not value or not all(isinstance(v, dict) for v in value):
@@ -281,14 +283,29 @@ def _render_yaml(path: Path, attrs: dict) -> str:
         return markdown_table(columns, [[_yaml_cell(v.get(c, "")) for c in columns] for v in value])
     if not isinstance(value, dict):
         raise DocsError(f"{key!r} is a {type(value).__name__}, not a mapping or a list of mappings")
-    entries = dict(value)
-    if key == "rows" and "default" in data:
-        entries = {"default": data["default"], **entries}
-    columns = (list(dict.fromkeys(k for v in entries.values() if isinstance(v, dict) for k in v))
-               or ["tolerance" if key == "rows" else "value"])
+    columns = list(dict.fromkeys(k for v in value.values() if isinstance(v, dict) for k in v)) or ["value"]
     rows = [[name] + [_yaml_cell(v.get(c, "") if isinstance(v, dict) else v) for c in columns]
-            for name, v in entries.items()]
-    return markdown_table(["row" if key == "rows" else "entry"] + columns, rows)
+            for name, v in value.items()]
+    return markdown_table(["entry"] + columns, rows)
+
+
+def _render_tolerance_rows(path: Path) -> str:
+    """A tolerance.yaml's effective tolerance per row and table (mtdeq.tolerance semantics: a row's
+    own value, else the table's, else the default), with the default row first."""
+    from mtdeq.tolerance import ToleranceError, read_tolerance
+
+    try:
+        tol = read_tolerance(path)
+    except ToleranceError as err:
+        raise DocsError(str(err)) from None
+    named = [*tol.tables, *(t for v in tol.rows.values() if isinstance(v, dict) for t in v)]
+    tables = list(dict.fromkeys(["table1", "table2", *named])) if named else []
+    if not tables:
+        return markdown_table(["row", "tolerance"], [["default", _yaml_cell(tol.default)]]
+                              + [[name, _yaml_cell(float(v))] for name, v in tol.rows.items()])
+    rows = [["default (every other row)"] + [_yaml_cell(tol.tables.get(t, tol.default)) for t in tables]]
+    rows += [[name] + [_yaml_cell(tol.of(t, name)) for t in tables] for name in tol.rows]
+    return markdown_table(["row"] + tables, rows)
 
 
 def _yaml_cell(value) -> str:

@@ -156,8 +156,14 @@ def test_tolerance_yaml_rows_and_measurements(tmp_path):
         "default: 0.05\nrows:\n  gauss: 0.01\n  proposed: {table1: 0.15, table2: 0.05}\n"
         "measured:\n  - {setting: a, gauss: 0.0}\n  - {setting: b, proposed_table1: 0.028}\n", encoding="utf-8")
     assert _render(tmp_path, "tol.yaml", key="rows") == [
-        "| row | table1 | table2 |", "|---|---:|---:|", "| default | 0.05 | 0.05 |",
+        "| row | table1 | table2 |", "|---|---:|---:|", "| default (every other row) | 0.05 | 0.05 |",
         "| gauss | 0.01 | 0.01 |", "| proposed | 0.15 | 0.05 |"]
+    # a per-table value reaches every row without its own value (mtdeq.tolerance semantics)
+    (tmp_path / "tol2.yaml").write_text("default: 0.03\ntables: {table1: 0.14}\nrows:\n  red: 0.01\n",
+                                        encoding="utf-8")
+    assert _render(tmp_path, "tol2.yaml", key="rows") == [
+        "| row | table1 | table2 |", "|---|---:|---:|", "| default (every other row) | 0.14 | 0.03 |",
+        "| red | 0.01 | 0.01 |"]
     assert _render(tmp_path, "tol.yaml", key="measured") == [
         "| setting | gauss | proposed_table1 |", "|---|---:|---:|", "| a | 0 |  |", "| b |  | 0.028 |"]
 
