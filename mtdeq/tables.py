@@ -88,8 +88,13 @@ import pandas as pd
 
 from mtdeq import verdict as vd
 from mtdeq.cli import add_stage
+from mtdeq.paper import (  # noqa: F401 (re-exported: check, budget and heldout import them from here)
+    DELTA_SUFFIX, PAPER_SUFFIX, TABLES, TASK_LABELS, fmt_db, read_paper, table_tasks)
 from mtdeq.per_image import cell_means, per_image_rows, seed_key, seed_means
 from mtdeq.tolerance import Tolerance, tolerance_or_fallback
+from mtdeq.validation import (  # noqa: F401 (re-exported for the stage's users and tests)
+    BUDGET_CHECK_COLUMNS, CONVERGED_DB, NOT_CONVERGED, VALIDATED, VALIDATION_COLUMNS, _not_converged,
+    budget_check, protocol_validation, unconverged_cells, validation_markdown)
 
 
 @dataclass(frozen=True)
@@ -128,37 +133,6 @@ OWN_SUFFIX = "_own"
 SEED_ROW = re.compile(r"^proposed_seed(\d+)$")
 ANY_SEED_ROW = re.compile(r"^(?P<method>[a-z][a-z0-9_]*?)_seed(?P<seed>\d+)$")  # any prior with seed s
 SPREAD_COLUMNS = ["table", "task", "seed", "proposed", "proposed_seed", "spread"]
-TABLES = {"table1": "Table I", "table2": "Table II"}
-TASK_LABELS = {
-    "comp80": "Completion 80%",
-    "comp90": "Completion 90%",
-    "blur1.6": "Deblur σ_blur=1.6",
-    "blur2.0": "Deblur σ_blur=2.0",
-}
-for _f in (2, 3):
-    for _kernel, _name in (("bicubic", "bicubic"), ("gauss", "Gaussian")):
-        for _n, _sigma in (("n0", "0.00"), ("n1", "0.01")):
-            TASK_LABELS[f"sr{_f}_{_kernel}_{_n}"] = f"{_f}x SR {_name} σ_n={_sigma}"
-PAPER_SUFFIX, DELTA_SUFFIX = " paper", " Δ"
-
-
-def read_paper(path: str | Path) -> pd.DataFrame:
-    """The paper's numbers as a long table (table, method, task, psnr), file order kept."""
-    table = pd.read_csv(path)
-    expected = ["table", "method", "task", "psnr"]
-    if list(table.columns) != expected:
-        raise ValueError(f"{path}: columns {list(table.columns)}, expected {expected}")
-    unknown = set(table["table"]) - set(TABLES)
-    if unknown:
-        raise ValueError(f"{path}: unknown table name(s) {sorted(unknown)}; expected {list(TABLES)}")
-    return table
-
-
-def table_tasks(paper: pd.DataFrame, table: str) -> list[str]:
-    """Task columns of ``table`` in the paper's order (the order of first appearance in the paper file)."""
-    return list(dict.fromkeys(paper.loc[paper["table"] == table, "task"]))
-
-
 def extra_label(key: str) -> str:
     """Row label of an extra method: '<row> (own settings)', '<row> (seed s)' or '<key> (extra)'."""
     labels = {row.key: row.label for row in ROWS if row.kind == "ours"}
@@ -202,23 +176,6 @@ def read_eval_dir(eval_dir: str | Path, methods: list[str] | None = None) -> pd.
             raise ValueError(f"{path}: missing column(s) {missing}; expected at least {REQUIRED_COLUMNS}")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-BUDGET_CHECK_COLUMNS = ["method", "task", "n_images", "psnr_k", "psnr_2k", "delta"]
-
-
-def budget_check(per_image: pd.DataFrame) -> pd.DataFrame:
-    """Mean PSNR at the tuned K and at 2K per (method, task) for the rows evaluated with --budget-check.
-
-    ``delta`` = psnr_2k - psnr_k: how much the result still moves with twice the iterations.
-    """
-    if "psnr_2x" not in per_image.columns:
-        return pd.DataFrame(columns=BUDGET_CHECK_COLUMNS)
-    checked = per_image[per_image["psnr_2x"].notna()]
-    table = checked.groupby(["method", "task"], sort=True).agg(
-        n_images=("image", "size"), psnr_k=("psnr", "mean"), psnr_2k=("psnr_2x", "mean")).reset_index()
-    table["delta"] = table["psnr_2k"] - table["psnr_k"]
-    return table[BUDGET_CHECK_COLUMNS]
 
 
 def eval_devices(eval_dir: Path, methods: list[str] | None) -> list[str]:
@@ -315,12 +272,6 @@ def spread_rows(table: pd.DataFrame, name: str, tasks: list[str], main: dict[str
     return pd.DataFrame(records, columns=SPREAD_COLUMNS)
 
 
-def _fmt(value: float, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
-
-
 def ranks(table: pd.DataFrame, task: str, excluded: frozenset | set = frozenset()) -> tuple[float | None, float | None]:
     """(best, second best) of the printed (2-decimal) values of kind 'ours' rows in column ``task``,
     leaving out the row keys in ``excluded`` (baselines that have not converged on this task)."""
@@ -373,19 +324,6 @@ def _section(heading: str, intro: str, first: list[str], tasks: list[str], last:
     return ["", f"### {heading}", "", intro, "", "| " + " | ".join(columns) + " |", rule]
 
 
-CONVERGED_DB = 0.1  # a Gauss / RED cell with |PSNR(2K) - PSNR(K)| above this has not converged
-NOT_CONVERGED = "†"
-
-
-def unconverged_cells(budget: pd.DataFrame | None, threshold: float = CONVERGED_DB) -> dict[tuple[str, str], float]:
-    """{(method, task): PSNR(2K) - PSNR(K)} of the baseline cells (VALIDATED: Gauss, RED) that still move by
-    more than ``threshold`` dB with twice the iterations (budget_check's rows)."""
-    if budget is None or budget.empty:
-        return {}
-    moved = budget[budget["method"].isin(VALIDATED) & (budget["delta"].abs() > threshold)]
-    return {(m, t): float(d) for m, t, d in zip(moved["method"], moved["task"], moved["delta"])}
-
-
 def _margin_cells(margins: pd.DataFrame | None) -> dict[tuple[str, str, str], pd.Series]:
     if margins is None or margins.empty:
         return {}
@@ -416,7 +354,7 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
         pair = DERIVED.get(row["key"]) if signed else None
         cells, verdicts = [], []
         for task in tasks:
-            mine = _fmt(row[task], signed)
+            mine = fmt_db(row[task], signed)
             margin = by_margin.get((*pair, task)) if pair else None
             if margin is not None:
                 mine = vd.format_margin(margin["margin"], margin["ci_low"], margin["ci_high"], margin["verdict"])
@@ -432,7 +370,7 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
                     mine = f"**{mine}**"
                 elif round(row[task], 2) == second:
                     mine = f"<u>{mine}</u>"
-            reported = _fmt(row[task + PAPER_SUFFIX], signed)
+            reported = fmt_db(row[task + PAPER_SUFFIX], signed)
             cells.append(mine if reported == "—" else f"{mine} ({reported})")
         if show_counts:
             cells.append(vd.format_counts(verdicts.count(vd.WIN), verdicts.count(vd.TIE), verdicts.count(vd.LOSS))
@@ -461,7 +399,7 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
     labels = " | ".join(TASK_LABELS.get(t, t) for t in tasks)
     lines += ["", f"### {title}: ours − paper (dB)", "", f"| Method | {labels} |", "|---|" + "---:|" * len(tasks)]
     for _, row in table.iterrows():
-        deltas = [_fmt(row[t + DELTA_SUFFIX], True) for t in tasks]
+        deltas = [fmt_db(row[t + DELTA_SUFFIX], True) for t in tasks]
         if all(d == "—" for d in deltas):
             continue
         lines.append(f"| {row['method']} | " + " | ".join(deltas) + " |")
@@ -473,15 +411,15 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
                           ["Seed"], tasks, ["max", "mean"])
         for seed, group in spread.groupby("seed", sort=True):
             value = dict(zip(group["task"], group["spread"]))
-            cells = [_fmt(value.get(t, math.nan)) for t in tasks]
+            cells = [fmt_db(value.get(t, math.nan)) for t in tasks]
             lines.append(f"| {seed} | " + " | ".join(cells)
-                         + f" | {_fmt(group['spread'].max())} | {_fmt(group['spread'].mean())} |")
+                         + f" | {fmt_db(group['spread'].max())} | {fmt_db(group['spread'].mean())} |")
         sd = None if seed_sd is None else seed_sd[(seed_sd["method"] == "proposed") & seed_sd["task"].isin(tasks)]
         if sd is not None and len(sd):
             value = dict(zip(sd["task"], sd["seed_sd"]))
             lines.append(f"| sd over seeds {', '.join(sorted(set(sd['seeds'])))} | "
-                         + " | ".join(_fmt(value.get(t, math.nan)) for t in tasks)
-                         + f" | {_fmt(sd['seed_sd'].max())} | {_fmt(sd['seed_sd'].mean())} |")
+                         + " | ".join(fmt_db(value.get(t, math.nan)) for t in tasks)
+                         + f" | {fmt_db(sd['seed_sd'].max())} | {fmt_db(sd['seed_sd'].mean())} |")
     budget = None if budget is None else budget[budget["task"].isin(tasks)]
     if budget is not None and len(budget):
         lines += _section(f"{title}: iteration budget (dB)",
@@ -494,76 +432,11 @@ def to_markdown(table: pd.DataFrame, tasks: list[str], *, title: str, header_lin
             for what, key, signed in (("K", "psnr_k", False), ("2K − K", "delta", True)):
                 values = []
                 for t in tasks:
-                    text = _fmt(getattr(cells[t], key), signed) if t in cells else "—"
+                    text = fmt_db(getattr(cells[t], key), signed) if t in cells else "—"
                     if key == "delta" and (method, t) in moved:
                         text += NOT_CONVERGED
                     values.append(text)
                 lines.append(f"| {label} | {what} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
-
-
-VALIDATION_COLUMNS = ["table", "task", "method", "ours", "paper", "delta", "psnr_2k_minus_k", "converged"]
-VALIDATED = ("gauss", "red")  # the rows whose method and protocol are the paper's (not our training)
-
-
-def protocol_validation(means: pd.DataFrame, paper: pd.DataFrame, budget: pd.DataFrame) -> pd.DataFrame:
-    """Our Gauss and RED rows against the paper's, per column (VALIDATION_COLUMNS).
-
-    These two rows involve no training of ours, so ours - paper measures the test protocol, the
-    tuning and the backbone rather than Algorithm 1; ``psnr_2k_minus_k`` is the iteration-budget
-    check of the same cell (NaN when it was not run) and ``converged`` whether |2K - K| <= CONVERGED_DB
-    (empty when it was not run).
-    """
-    ours = {(m, t): v for m, t, v in zip(means["method"], means["task"], means["psnr"])}
-    moved = {(m, t): v for m, t, v in zip(budget["method"], budget["task"], budget["delta"])}
-    records = []
-    for name in TABLES:
-        sub = paper[paper["table"] == name]
-        reported = {(m, t): v for m, t, v in zip(sub["method"], sub["task"], sub["psnr"])}
-        for task in table_tasks(paper, name):
-            for method in VALIDATED:
-                mine, theirs = ours.get((method, task), math.nan), reported.get((method, task), math.nan)
-                change = moved.get((method, task), math.nan)
-                records.append({"table": name, "task": task, "method": method, "ours": mine, "paper": theirs,
-                                "delta": mine - theirs, "psnr_2k_minus_k": change,
-                                "converged": None if math.isnan(change) else bool(abs(change) <= CONVERGED_DB)})
-    return pd.DataFrame(records, columns=VALIDATION_COLUMNS)
-
-
-def _not_converged(value) -> bool:
-    """True for a ``converged`` value that says no (False), not for one that is unknown (None / NaN)."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and not bool(value)
-
-
-def validation_markdown(validation: pd.DataFrame, scale: str) -> str:
-    """The protocol-validation table: one row per column of Tables I-II, Gauss and RED ours / paper / Δ."""
-    lines = [f"## Protocol validation — scale {scale}", "",
-             "The Gauss and RED rows involve no training of ours: ours − paper measures the test protocol, "
-             "the tuning and the backbone. 2K − K: the change of our mean PSNR with twice the iterations.", "",
-             "| Column | Gauss ours | Gauss paper | Gauss Δ | Gauss 2K − K | RED ours | RED paper | RED Δ | RED 2K − K |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for task, group in validation.groupby("task", sort=False):
-        by = group.set_index("method")
-        cells = []
-        for method in VALIDATED:
-            if method in by.index:
-                r = by.loc[method]
-                moved = _fmt(r["psnr_2k_minus_k"], True)
-                if _not_converged(r["converged"]):
-                    moved += NOT_CONVERGED
-                cells += [_fmt(r["ours"]), _fmt(r["paper"]), _fmt(r["delta"], True), moved]
-            else:
-                cells += ["—"] * 4
-        lines.append(f"| {TASK_LABELS.get(task, task)} | " + " | ".join(cells) + " |")
-    if validation["converged"].map(_not_converged).any():
-        lines += ["", f"{NOT_CONVERGED} not converged: |2K − K| > {CONVERGED_DB} dB; such a cell is left out of the "
-                  "ranking of Tables I-II and marked there."]
-    for method in VALIDATED:
-        d = validation.loc[validation["method"] == method, "delta"].dropna()
-        if len(d):
-            lines.append("")
-            lines.append(f"{method}: mean Δ {d.mean():+.2f} dB over {len(d)} columns (min {d.min():+.2f}, "
-                         f"max {d.max():+.2f}).")
     return "\n".join(lines) + "\n"
 
 
