@@ -9,26 +9,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from PIL import Image
 
-from conftest import extend_to_optimum
+from conftest import extend_to_optimum, write_synthetic_images, write_tiny_prior
 from mtdeq import tune as tn
-from mtdeq.models import BackboneConfig, build_backbone, save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A tiny random DRUNet checkpoint and two 16x16 validation images."""
+    """A tiny random DRUNet checkpoint (conftest TINY) and two 16x16 validation images."""
     root = tmp_path_factory.mktemp("tune")
-    torch.manual_seed(0)
-    cfg = BackboneConfig("drunet", (4, 4, 4, 4), 1)
-    prior = save_checkpoint(root / "prior.pt", build_backbone(cfg), cfg)
+    prior = write_tiny_prior(root / "prior.pt")
     images = root / "val"
     images.mkdir()
-    rng = np.random.default_rng(1)
-    for name in ("a", "b"):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / f"{name}.png")
+    write_synthetic_images(images, 2, 16, 16)
     return {"root": root, "prior": str(prior), "images": str(images)}
 
 
