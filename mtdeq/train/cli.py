@@ -31,9 +31,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from <out>.ckpt when it was written with the same config (default: on)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no messages except the summary")
-    p.add_argument("--channels-last", action="store_true",
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the network's weights and activations channels-last (faster oneDNN convolutions on "
-                        "CPU; the same maths, other rounding); see python -m mtdeq bench train")
+                        "CPU; the same maths, other rounding; default: off); see python -m mtdeq bench train")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated crash
 
 

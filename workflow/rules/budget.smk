@@ -26,6 +26,7 @@ use rule train_deq as budget_train_proposed with:
         seed=lambda w: int(w.seed),
         batch_tasks=BATCH_TASKS,
         comp_init=deq_setting("comp_init", BUDGET["deq"]),
+        layout="--channels-last" if deq_setting("channels_last", BUDGET["deq"]) else "--no-channels-last",
         tol=deq_setting("tol", BUDGET["deq"]),
         early=early_tol_option(BUDGET["deq"]),
         state=budget_state,

@@ -25,6 +25,7 @@ use rule train_deq as lr_study_train with:
         early=lambda w: early_tol_option(LR_RUNS[w.run], LR_STUDY["base"]),
         batch_tasks=lambda w: lr_flag(w.run, "batch_tasks", "batch-tasks"),
         comp_init=lambda w: lr_setting(w.run, "comp_init"),
+        layout=lambda w: lr_flag(w.run, "channels_last", "channels-last"),
         seed=config["seed"],
         val_every=LR_STUDY["val_every"],
         val_images=LR_STUDY["val_images"],

@@ -35,6 +35,7 @@ rule train_deq:
         solver=DEQ["solver"],
         batch_tasks="--batch-tasks" if DEQ["batch_tasks"] else "--no-batch-tasks",
         comp_init=DEQ["comp_init"],
+        layout="--channels-last" if DEQ["channels_last"] else "--no-channels-last",
         seed=lambda w: prior_seed(w.prior),
         checkpoint_every=DEQ["checkpoint_every"],
         state="",  # the budget target shares one resume state between the budgets of a run
@@ -50,6 +51,7 @@ rule train_deq:
         csv="results/{scale}/logs/{prior}.csv",
     benchmark:
         "benchmarks/{scale}/train_deq/{prior}.tsv"
+    priority: 10  # the long jobs first, so that the short evaluations fill both cores at the end
     threads: RES["train"]["threads"]
     resources:
         mem_mb=RES["train"]["mem_mb"],
@@ -65,6 +67,7 @@ rule train_deq:
         " --lr-warmup {params.lr_warmup} --accum {params.accum}"
         " --eta {params.eta} --tol {params.tol} {params.early} --max-iter {params.max_iter}"
         " --diverge-at {params.diverge_at} --solver {params.solver} {params.batch_tasks} --comp-init {params.comp_init}"
+        " {params.layout}"
         " --seed {params.seed}"
         " --log-csv {log.csv} --checkpoint-every {params.checkpoint_every} {params.state}"
         " --val-dir {params.val_dir} --val-every {params.val_every} --val-images {params.val_images} {params.val_task}"
