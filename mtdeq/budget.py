@@ -2,30 +2,32 @@
 
 The target ``budget`` (workflow/rules/budget.smk) trains the MTDEQ prior and the same-budget
 control (the Gauss prior trained further as a plain denoiser, with the MTDEQ run's steps, batch,
-crop and learning rate) as one run each, saving the model at every budget of ``budget.steps``
-(one resume state shared by the budgets, mtdeq.train.state), retrains both with a second seed up
-to one budget, and evaluates every saved model on the 12 Set5 tasks with the Gauss prior's tuned
-settings (and, at the largest budget, also with each prior's own tuned settings).  The Gauss row
-itself is the main run's evaluation (steps 0).
+crop and learning rate) as one run per seed of ``budget.seeds``, saving the model at every budget
+of ``budget.steps`` up to the seed's ``up_to`` (one resume state shared by the budgets,
+mtdeq.train.state), and evaluates every saved model on the 12 Set5 tasks with the Gauss prior's
+tuned settings (and, at the first seed's largest budget, also with each prior's own tuned
+settings).  The Gauss row itself is the main run's evaluation (steps 0).
 
-This stage collects those per-image CSVs,
+Two stages, so that a seed is a target of its own whose rows survive the session that ran it:
 
-    <runs>/<prior>/s<seed>/<steps>/<settings>/<task>.csv   prior: proposed | control,
-                                                           settings: gauss | own
-    <gauss-dir>/<task>.csv                                 the Gauss row (steps 0)
-
-into ``budget.csv`` (columns BUDGET_COLUMNS: the mean PSNR over the test images per row), judges every
-column's margin with the suite's verdict rule (mtdeq.verdict: the paired per-image differences, their
-95 % bootstrap interval over the images, win / tie / loss against the reproducibility tolerance of
---tolerance, the reference's tolerance.yaml; rows proposed -> ``proposed``, control -> ``gauss_budget``,
-gauss -> ``gauss``) into ``--task-margins`` (TASK_MARGIN_COLUMNS, one row per steps x seed x settings x
-comparison x task), and summarises them per table into ``margins.csv`` and ``margins.md``
-(MARGIN_COLUMNS: Proposed - Gauss, Control - Gauss and Proposed - Control per table, the mean margin
-over the tasks and the W/T/L counts of the verdicts; ``wins`` is no longer "ahead by any amount"), and draws
-``budget.png``: the mean margin against the number of steps, one line per table and comparison,
-the seed spread as a band where a second seed was trained, and the paper's Proposed - Gauss
-margin as a dotted line (the paper trained 134k steps; the line marks where it ended, not a point
-of the curve).
+``budget-rows``
+    one seed's evaluation CSVs ``<runs>/<prior>/s<seed>/<steps>/<settings>/<task>.csv`` (prior:
+    proposed | control, settings: gauss | own) -> ``rows/s<seed>.csv`` (ROW_COLUMNS: one row per
+    image), stamped with the config's ``budget_id`` (a digest of the settings the rows depend on).
+``budget``
+    every seed's rows file (a committed one or this run's) plus ``<gauss-dir>/<task>.csv`` ->
+    ``budget.csv`` (BUDGET_COLUMNS: the mean PSNR over the test images per row).  Files of another
+    budget_id, a seed in two files or a file mixing seeds are refused.  Every column's margin is
+    judged with the suite's verdict rule (mtdeq.verdict: the paired per-image differences, their
+    95 % bootstrap interval over the images, win / tie / loss against the reproducibility tolerance
+    of --tolerance; rows proposed -> ``proposed``, control -> ``gauss_budget``, gauss -> ``gauss``)
+    into ``--task-margins`` (TASK_MARGIN_COLUMNS, one row per steps x seed x settings x comparison x
+    task), summarised per table into ``margins.csv`` and ``margins.md`` (MARGIN_COLUMNS: mean margin
+    over the tasks and W/T/L counts of the verdicts).  ``budget.png`` draws, per column group
+    (completion, deblurring, super-resolution), the mean margin over the seeds against the number
+    of steps at Gauss's settings, the range over the seeds as a band, and the paper's Proposed -
+    Gauss margin as a dotted line (the paper trained 134k steps; the line marks where it ended,
+    not a point of the curve).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from mtdeq.tolerance import Tolerance, tolerance_or_fallback
 
 BUDGET_COLUMNS = ["steps", "prior", "seed", "settings", "table", "task", "psnr", "n_images"]
 IMAGE_COLUMNS = ["steps", "prior", "seed", "settings", "table", "task", "image", "psnr"]
+ROW_COLUMNS = ["budget_id", "prior", "seed", "steps", "settings", "task", "image", "psnr"]  # rows/s<seed>.csv
 MARGIN_COLUMNS = ["steps", "seed", "settings", "table", "comparison", "mean_margin", "wins", "ties", "losses",
                   "n_tasks"]
 RUN_KEY = ["steps", "seed", "settings", "comparison"]
@@ -63,7 +66,7 @@ _RUN = re.compile(r"^(?P<prior>[a-z_]+)/s(?P<seed>\d+)/(?P<steps>\d+)/(?P<settin
 class BudgetSettings:
     """Inputs and outputs of the budget stage."""
 
-    runs: str
+    rows: tuple[str, ...]  # one rows/s<seed>.csv per seed (budget-rows)
     gauss_dir: str
     paper: str
     out: str
@@ -73,6 +76,7 @@ class BudgetSettings:
     scale: str = ""
     tolerance: str | None = None  # tolerance.yaml of the reference (mtdeq.tolerance); None/absent -> fallback
     task_margins: str | None = None  # per-column verdicts CSV; None -> margins_per_task.csv beside --margins
+    budget_id: str | None = None  # every rows file must carry this one (None: they must agree with each other)
 
 
 def _image_rows(path: Path) -> pd.DataFrame:
@@ -82,8 +86,62 @@ def _image_rows(path: Path) -> pd.DataFrame:
     return frame[["image", "psnr"]]
 
 
+def seed_rows(evals: list[str | Path], runs: str | Path, seed: int, budget_id: str) -> pd.DataFrame:
+    """One seed's rows (ROW_COLUMNS) from its evaluation CSVs under ``runs``
+    (<prior>/s<seed>/<steps>/<settings>/<task>.csv); an error for a path of another seed or layout."""
+    runs = Path(runs)
+    frames = []
+    for path in map(Path, evals):
+        try:
+            match = _RUN.match(path.relative_to(runs).as_posix())
+        except ValueError:
+            match = None
+        if match is None or match["prior"] not in PRIORS or match["settings"] not in SETTINGS:
+            raise ValueError(f"{path}: not {runs}/<prior>/s<seed>/<steps>/<settings>/<task>.csv with prior in "
+                             f"{PRIORS} and settings in {SETTINGS}")
+        if int(match["seed"]) != seed:
+            raise ValueError(f"{path}: an evaluation of seed {match['seed']}, not of seed {seed}")
+        frames.append(_image_rows(path).assign(budget_id=budget_id, prior=match["prior"], seed=seed,
+                                               steps=int(match["steps"]), settings=match["settings"],
+                                               task=match["task"]))
+    if not frames:
+        raise FileNotFoundError(f"seed {seed}: no budget evaluations given")
+    rows = pd.concat(frames, ignore_index=True)[ROW_COLUMNS]
+    return rows.sort_values(["prior", "steps", "settings", "task", "image"], ignore_index=True)
+
+
+def read_rows(paths: list[str | Path], budget_id: str | None = None) -> pd.DataFrame:
+    """The rows of every seed, combined: each file one seed, no seed twice, one budget_id throughout
+    (``budget_id`` when given: the config's).  Errors name the file."""
+    frames, origin = [], {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such rows file (python -m mtdeq budget-rows writes it)")
+        frame = pd.read_csv(path, dtype={"budget_id": str})
+        missing = set(ROW_COLUMNS) - set(frame.columns)
+        if missing or frame.empty:
+            raise ValueError(f"{path}: not a budget rows file (missing columns {sorted(missing)} or no rows)")
+        seeds, ids = sorted(set(frame["seed"])), sorted(set(frame["budget_id"]))
+        if len(seeds) != 1:
+            raise ValueError(f"{path}: rows of seeds {seeds}; a rows file holds one seed")
+        if len(ids) != 1 or (budget_id is not None and ids[0] != budget_id):
+            raise ValueError(f"{path}: budget_id {', '.join(ids)} differs from "
+                             f"{budget_id if budget_id is not None else 'the other files'}: its seed was trained or "
+                             "evaluated under other settings; delete the file (or restore those settings) and rerun "
+                             "that seed")
+        if budget_id is None:
+            budget_id = ids[0]
+        if seeds[0] in origin:
+            raise ValueError(f"{path}: seed {seeds[0]} is also in {origin[seeds[0]]}")
+        origin[seeds[0]] = path
+        frames.append(frame[ROW_COLUMNS])
+    if not frames:
+        raise FileNotFoundError("no budget rows files given")
+    return pd.concat(frames, ignore_index=True)
+
+
 def collect_images(settings: BudgetSettings) -> pd.DataFrame:
-    """The per-image rows (IMAGE_COLUMNS) of the Gauss row (steps 0) and of every run under settings.runs."""
+    """The per-image rows (IMAGE_COLUMNS) of the Gauss row (steps 0) and of every seed's rows file."""
     paper = read_paper(settings.paper)
     table_of = {task: table for table in TABLES for task in table_tasks(paper, table)}
     frames = []
@@ -93,19 +151,7 @@ def collect_images(settings: BudgetSettings) -> pd.DataFrame:
     for path in gauss_files:
         frames.append(_image_rows(path).assign(steps=0, prior="gauss", seed=settings.seed, settings="gauss",
                                                task=path.stem))
-    runs = Path(settings.runs)
-    found = 0
-    for path in sorted(runs.glob("*/s*/*/*/*.csv")):
-        match = _RUN.match(path.relative_to(runs).as_posix())
-        if match is None or match["prior"] not in PRIORS or match["settings"] not in SETTINGS:
-            raise ValueError(f"{path}: not <prior>/s<seed>/<steps>/<settings>/<task>.csv with prior in {PRIORS} "
-                             f"and settings in {SETTINGS}")
-        frames.append(_image_rows(path).assign(steps=int(match["steps"]), prior=match["prior"],
-                                               seed=int(match["seed"]), settings=match["settings"],
-                                               task=match["task"]))
-        found += 1
-    if found == 0:
-        raise FileNotFoundError(f"{runs}: no budget evaluations (<prior>/s<seed>/<steps>/<settings>/<task>.csv)")
+    frames.append(read_rows(list(settings.rows), settings.budget_id).drop(columns="budget_id"))
     images = pd.concat(frames, ignore_index=True)
     unknown = sorted(set(images["task"]) - set(table_of))
     if unknown:
@@ -123,7 +169,7 @@ def means(images: pd.DataFrame) -> pd.DataFrame:
 
 
 def collect(settings: BudgetSettings) -> pd.DataFrame:
-    """budget.csv's rows: the Gauss row (steps 0) and every run found under settings.runs."""
+    """budget.csv's rows: the Gauss row (steps 0) and every seed's rows."""
     return means(collect_images(settings))
 
 
@@ -182,8 +228,37 @@ def paper_margins(paper_path: str | Path) -> dict[str, float]:
     return result
 
 
-def plot(margin: pd.DataFrame, paper: dict[str, float], path: str | Path, *, scale: str = "") -> None:
-    """budget.png: mean margin vs steps at Gauss's settings; seed band; the paper's margin dotted."""
+GROUPS = {"comp": "completion", "blur": "deblurring", "sr": "super-resolution"}  # task prefix -> column group
+
+
+def group_of(task: str) -> str:
+    """The column group of a test task (its name's prefix: comp / blur / sr)."""
+    for prefix, group in GROUPS.items():
+        if task.startswith(prefix):
+            return group
+    raise ValueError(f"task {task!r}: no column group (prefixes {sorted(GROUPS)})")
+
+
+def group_margins(per_task: pd.DataFrame) -> pd.DataFrame:
+    """Mean margin over the tasks of each column group, per (steps, seed, settings, comparison, group)."""
+    frame = per_task.assign(group=per_task["task"].map(group_of))
+    keys = ["steps", "seed", "settings", "comparison", "group"]
+    return frame.groupby(keys, sort=True)["margin"].mean().reset_index(name="mean_margin")
+
+
+def paper_group_margins(paper_path: str | Path) -> dict[str, float]:
+    """The paper's mean Proposed - Gauss margin per column group."""
+    paper = read_paper(paper_path)
+    rows = paper.pivot_table(index="task", columns="method", values="psnr")
+    if not {"proposed", "gauss"} <= set(rows.columns):
+        return {}
+    diff = (rows["proposed"] - rows["gauss"]).dropna()
+    return {g: float(v) for g, v in diff.groupby(diff.index.map(group_of)).mean().items()}
+
+
+def plot(per_task: pd.DataFrame, paper: dict[str, float], path: str | Path, *, scale: str = "") -> None:
+    """budget.png: per column group, the mean margin over the seeds vs steps at Gauss's settings, the
+    range over the seeds as a band (where 2 or more seeds reach a budget), the paper's margin dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,34 +266,42 @@ def plot(margin: pd.DataFrame, paper: dict[str, float], path: str | Path, *, sca
 
     from mtdeq.io import write_png_figure
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    colours = {"table1": "tab:blue", "table2": "tab:orange"}
-    styles = {"proposed-gauss": "-", "proposed-control": "--"}
-    at_gauss = margin[margin["settings"] == "gauss"]
-    for table, colour in colours.items():
-        for comparison, style in styles.items():
-            rows = at_gauss[(at_gauss["table"] == table) & (at_gauss["comparison"] == comparison)]
+    groups = group_margins(per_task[per_task["settings"] == "gauss"]) if len(per_task) else pd.DataFrame()
+    fig, axes = plt.subplots(1, len(GROUPS), figsize=(12, 4), sharey=True)
+    styles = {"proposed-gauss": ("-", "tab:blue"), "proposed-control": ("--", "tab:orange")}
+    for ax, group in zip(axes, GROUPS.values()):
+        for comparison, (style, colour) in styles.items():
+            rows = groups[(groups["group"] == group) & (groups["comparison"] == comparison)] if len(groups) else groups
             if rows.empty:
                 continue
-            per_steps = rows.groupby("steps")["mean_margin"]
-            main = rows[rows["seed"] == rows["seed"].min()].sort_values("steps")
-            label = f"{TABLES[table]}: Proposed − {'Gauss' if comparison.endswith('gauss') else 'control'}"
-            ax.plot(main["steps"], main["mean_margin"], style, marker="o", color=colour, label=label)
-            spread = per_steps.agg(["min", "max", "count"])
-            spread = spread[spread["count"] > 1]
-            for steps, r in spread.iterrows():  # a band where a second seed was trained
-                ax.fill_between([steps * 0.93, steps * 1.07], r["min"], r["max"], color=colour, alpha=0.25,
-                                linewidth=0)
-        if table in paper:
-            ax.axhline(paper[table], color=colour, linestyle=":", linewidth=1.2,
-                       label=f"{TABLES[table]}: paper, Proposed − Gauss (134k steps)")
-    ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("MTDEQ / control training steps")
-    ax.set_ylabel("mean PSNR margin (dB)")
-    ax.set_title(f"Does the gain grow with training?{f' ({scale} scale)' if scale else ''}")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+            over = rows.groupby("steps")["mean_margin"].agg(["mean", "min", "max", "count"]).reset_index()
+            ax.plot(over["steps"], over["mean"], style, marker="o", color=colour,
+                    label=f"Proposed − {'Gauss' if comparison.endswith('gauss') else 'control'} (mean of seeds)")
+            band = over[over["count"] > 1]
+            if len(band):
+                ax.fill_between(band["steps"], band["min"], band["max"], color=colour, alpha=0.2, linewidth=0,
+                                label="range over seeds")
+            for r in over.itertuples(index=False):
+                ax.annotate(f"n={r.count}", (r.steps, r.mean), textcoords="offset points", xytext=(0, 6),
+                            fontsize=6, ha="center", color=colour)
+        if group in paper:
+            ax.axhline(paper[group], color="tab:blue", linestyle=":", linewidth=1.2,
+                       label="paper, Proposed − Gauss (134k steps)")
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("MTDEQ / control training steps")
+        ax.set_title(group)
+    axes[0].set_ylabel("mean PSNR margin over the group's columns (dB)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=4)
+    fig.suptitle(f"Does the gain grow with training?{f' ({scale} scale)' if scale else ''} — Gauss's settings, "
+                 "n = seeds")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     write_png_figure(path, fig)
 
 
@@ -283,7 +366,7 @@ def run(settings: BudgetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     per_task = task_margins(images, tolerance)
     margin = margins(per_task)
     paper = paper_margins(settings.paper)
-    plot(margin, paper, settings.figure, scale=settings.scale)
+    plot(per_task, paper_group_margins(settings.paper), settings.figure, scale=settings.scale)
     atomic_write_text(Path(settings.margins).with_suffix(".md"),
                       to_markdown(margin, paper, settings.scale, per_task, tolerance))
     atomic_write_text(settings.out, budget.to_csv(index=False, float_format="%.4f"))
@@ -293,9 +376,9 @@ def run(settings: BudgetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = BudgetSettings(runs=args.runs, gauss_dir=args.gauss_dir, paper=args.paper, out=args.out,
+    settings = BudgetSettings(rows=tuple(args.rows), gauss_dir=args.gauss_dir, paper=args.paper, out=args.out,
                               margins=args.margins, figure=args.figure, seed=args.seed, scale=args.scale,
-                              tolerance=args.tolerance, task_margins=args.task_margins)
+                              tolerance=args.tolerance, task_margins=args.task_margins, budget_id=args.budget_id)
     _, margin = run(settings)
     print(f"tolerance of the verdicts: {tolerance_or_fallback(settings.tolerance).source}")
     for _, r in margin.iterrows():
@@ -305,10 +388,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_rows(args: argparse.Namespace) -> int:
+    from mtdeq.io import atomic_write_text
+
+    rows = seed_rows(args.evals, args.runs, args.seed, args.budget_id)
+    atomic_write_text(args.out, rows.to_csv(index=False, float_format="%.6f"))
+    runs = rows.groupby(["prior", "steps", "settings"]).size()
+    print(f"seed {args.seed}: {len(rows)} rows of {len(runs)} (prior, steps, settings) runs -> {args.out}")
+    return 0
+
+
 def register(subparsers) -> None:
-    """Add the ``budget`` stage."""
-    p = add_stage(subparsers, "budget", "collect the training-budget runs: budget.csv, margins, budget.png", __doc__)
-    p.add_argument("--runs", required=True, help="folder of <prior>/s<seed>/<steps>/<settings>/<task>.csv")
+    """Add the ``budget-rows`` and ``budget`` stages."""
+    p = add_stage(subparsers, "budget-rows", "one seed of the training-budget curve: its per-image rows", __doc__)
+    p.add_argument("evals", nargs="+", help="the seed's evaluation CSVs, <runs>/<prior>/s<seed>/<steps>/<settings>/"
+                   "<task>.csv")
+    p.add_argument("--runs", required=True, help="the folder the evaluation paths are relative to")
+    p.add_argument("--seed", type=int, required=True, help="the seed these evaluations belong to")
+    p.add_argument("--budget-id", required=True, help="digest of the config the rows were produced under "
+                   "(workflow/rules/common.smk: budget_id); budget refuses rows of another one")
+    p.add_argument("--out", required=True, help="rows/s<seed>.csv to write")
+    p.set_defaults(func=_run_rows)
+
+    p = add_stage(subparsers, "budget", "combine the seeds' rows: budget.csv, margins, budget.png", __doc__)
+    p.add_argument("--rows", nargs="+", required=True, help="one rows/s<seed>.csv per seed (budget-rows)")
+    p.add_argument("--budget-id", default=None, help="the config's digest; every rows file must carry it "
+                   "(default: they must agree with each other)")
     p.add_argument("--gauss-dir", required=True, help="the Gauss row's per-task CSVs, e.g. results/quick/eval/gauss")
     p.add_argument("--paper", default="results/paper/paper_tables.csv", help="the paper's numbers")
     p.add_argument("--out", required=True, help="budget.csv to write")

@@ -35,7 +35,7 @@ check audits it against the reference's own tables and fails, naming the row, wh
   ``<m>_seed<s>`` row the mean of seed s -- or rows of a table's task have no cell.
 
 The results' ``per_image.csv`` is audited the same way.  A folder without one (a reference
-blessed before per-image evidence, such as the quick and quick-drunet references of 2026-12)
+blessed before per-image evidence, such as the quick-drunet reference of 2026-12)
 is reported as skipped and does not fail the check.
 
 ``--bless`` copies the current tables (``table{1,2}.csv``, ``.md``, ``.provenance.json``)
@@ -46,7 +46,8 @@ when present, the run's records (EXTRA_FILES, same relative names): ``spread.csv
 verdicts (``per_image.csv``, ``margins.csv``, ``margin_counts.csv``, ``margins.md``,
 ``seeds.csv``; results whose per-image rows fail the audit are not blessed), the extra
 tables ``extra/`` (target ``extra``), and from ``<results>/<scale>/`` the tuned parameters
-(``tuned_params.csv``, ``tuned_params_own/*.csv``), ``timings.csv`` and ``convergence.csv``;
+(``tuned_params.csv``, ``tuned_params_own/*.csv``), ``timings.csv``, ``convergence.csv`` and the
+held-out records ``heldout/`` (HELDOUT_FILES, target ``heldout``);
 a copy left in the reference from an earlier bless whose source is now absent is removed,
 so that the reference describes one run.  These records are for reading (README, review):
 the check compares Tables I-II cells only, since run times vary and the tuned parameters and
@@ -74,11 +75,15 @@ TABLE_FILES = [f"{t}{ext}" for t in TABLES for ext in (".csv", ".md", ".provenan
 BLESSED_FILES = TABLE_FILES + ["fig2.png"]
 # optional records of the run, relative to --results ({scale} = the results' scale)
 PER_IMAGE_FILE = "per_image.csv"  # the rows every cell is the mean of (mtdeq.per_image)
+# target `heldout` (mtdeq.heldout): its per-image rows, margins and figure, blessed beside Set5's
+HELDOUT_FILES = ["images.csv", "per_image.csv", "margins.csv", "margin_counts.csv", "comparison.csv", "comparison.md",
+                 "margins.png"]
 EVIDENCE_FILES = [PER_IMAGE_FILE, "margins.csv", "margin_counts.csv", "margins.md", "seeds.csv"]
 EXTRA_FILES = ["spread.csv", "budget_check.csv", "protocol_validation.csv", "protocol_validation.md", *EVIDENCE_FILES,
                *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",
                *(f"extra/{name}" for name in EVIDENCE_FILES),
-               "{scale}/tuned_params.csv", "{scale}/timings.csv", "{scale}/convergence.csv"]
+               "{scale}/tuned_params.csv", "{scale}/timings.csv", "{scale}/convergence.csv",
+               *(f"{{scale}}/heldout/{name}" for name in HELDOUT_FILES)]
 EXTRA_GLOBS = ["{scale}/tuned_params_own/*.csv"]
 
 

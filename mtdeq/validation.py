@@ -15,21 +15,32 @@ import pandas as pd
 
 from mtdeq.paper import TABLES, TASK_LABELS, fmt_db, table_tasks
 
-BUDGET_CHECK_COLUMNS = ["method", "task", "n_images", "psnr_k", "psnr_2k", "delta"]
+BUDGET_CHECK_COLUMNS = ["method", "task", "n_images", "psnr_k", "psnr_2k", "delta", "k", "best_k", "best_psnr"]
+# multiples f of the tuned K an evaluation may carry (--budget-check: 2; --budget-curve: 0.5, 1.5, 2)
+BUDGET_FACTORS = {0.5: "psnr_0.5x", 1.0: "psnr", 1.5: "psnr_1.5x", 2.0: "psnr_2x"}
 
 
 def budget_check(per_image: pd.DataFrame) -> pd.DataFrame:
     """Mean PSNR at the tuned K and at 2K per (method, task) for the rows evaluated with --budget-check.
 
     ``delta`` = psnr_2k - psnr_k: how much the result still moves with twice the iterations.
+    ``k`` is the tuned K (iterations of the K solve, the largest over the images; RED stops early),
+    ``best_k`` / ``best_psnr`` the best of the budgets evaluated (K and 2K, plus K/2 and 3K/2 with
+    --budget-curve; ties: the smaller): where more iterations make a cell worse, the best K, not the cap.
     """
     if "psnr_2x" not in per_image.columns:
         return pd.DataFrame(columns=BUDGET_CHECK_COLUMNS)
     checked = per_image[per_image["psnr_2x"].notna()]
-    table = checked.groupby(["method", "task"], sort=True).agg(
-        n_images=("image", "size"), psnr_k=("psnr", "mean"), psnr_2k=("psnr_2x", "mean")).reset_index()
-    table["delta"] = table["psnr_2k"] - table["psnr_k"]
-    return table[BUDGET_CHECK_COLUMNS]
+    rows = []
+    for (method, task), group in checked.groupby(["method", "task"], sort=True):
+        means = {f: float(group[c].mean()) for f, c in BUDGET_FACTORS.items()
+                 if c in group.columns and group[c].notna().all()}
+        best = max(means, key=lambda f: (means[f], -f))
+        k = int(group["iterations"].max())
+        rows.append({"method": method, "task": task, "n_images": len(group), "psnr_k": means[1.0],
+                     "psnr_2k": means[2.0], "delta": means[2.0] - means[1.0], "k": k,
+                     "best_k": max(1, int(round(best * k))), "best_psnr": means[best]})
+    return pd.DataFrame(rows, columns=BUDGET_CHECK_COLUMNS)
 
 
 VALIDATION_COLUMNS = ["table", "task", "method", "ours", "paper", "delta", "psnr_2k_minus_k", "converged"]

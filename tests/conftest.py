@@ -131,3 +131,20 @@ def extend_to_optimum(objective, grid, rounds: int, bounds=None):
         fields, _ = tn.make_candidate("admm", proposal, 0.0)
         rows.append({"method": "admm", **fields, "val_psnr": objective(fields), "round": round_})
     return pd.DataFrame(rows)
+
+
+def write_budget_rows(runs: Path, out: Path, budget_id: str = "test") -> tuple[str, ...]:
+    """budget-rows for every seed of a <prior>/s<seed>/<steps>/<settings>/<task>.csv tree: one
+    rows/s<seed>.csv each, as separate runs of the workflow would leave them; returns their paths."""
+    from mtdeq.budget import seed_rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    by_seed: dict[int, list[Path]] = {}
+    for path in sorted(runs.glob("*/s*/*/*/*.csv")):
+        by_seed.setdefault(int(path.relative_to(runs).parts[1][1:]), []).append(path)
+    written = []
+    for seed, evals in sorted(by_seed.items()):
+        path = out / f"s{seed}.csv"
+        seed_rows(evals, runs, seed, budget_id).to_csv(path, index=False)
+        written.append(str(path))
+    return tuple(written)

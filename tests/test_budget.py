@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, run_workflow
+from conftest import REPO, run_workflow, write_budget_rows
 
-from mtdeq.budget import BUDGET_COLUMNS, MARGIN_COLUMNS, BudgetSettings, paper_margins, run
+from mtdeq.budget import (BUDGET_COLUMNS, MARGIN_COLUMNS, BudgetSettings, group_of, paper_group_margins, paper_margins,
+                          run, seed_rows)
 
 PAPER = REPO / "results" / "paper" / "paper_tables.csv"
 TABLE1 = ["comp80", "comp90", "blur1.6", "blur2.0"]
@@ -33,7 +35,7 @@ def _layout(tmp_path, offsets):
         for task in TABLE1 + TABLE2:
             delta = offset(task)
             _write(runs / prior / f"s{seed}" / str(steps) / settings / f"{task}.csv", [29.0 + delta, 31.0 + delta])
-    return BudgetSettings(runs=str(runs), gauss_dir=str(gauss), paper=str(PAPER), out=str(tmp_path / "b.csv"),
+    return BudgetSettings(rows=write_budget_rows(runs, tmp_path / "rows"), gauss_dir=str(gauss), paper=str(PAPER), out=str(tmp_path / "b.csv"),
                           margins=str(tmp_path / "m.csv"), figure=str(tmp_path / "b.png"), seed=0, scale="test")
 
 
@@ -86,18 +88,68 @@ def test_bad_layouts_fail_clearly_and_write_nothing(tmp_path):
     bad = tmp_path / "runs" / "proposed" / "s0" / "100" / "tuned" / "comp80.csv"
     _write(bad, [30.0])
     with pytest.raises(ValueError, match="settings in"):
-        run(settings)
+        seed_rows([bad], tmp_path / "runs", 0, "test")
+    other_seed = tmp_path / "runs" / "proposed" / "s1" / "100" / "gauss" / "comp80.csv"
+    _write(other_seed, [30.0])
+    with pytest.raises(ValueError, match="not of seed 0"):
+        seed_rows([other_seed], tmp_path / "runs", 0, "test")
+    missing = BudgetSettings(rows=(str(tmp_path / "none.csv"),), gauss_dir=settings.gauss_dir, paper=str(PAPER),
+                             out=settings.out, margins=settings.margins, figure=settings.figure)
+    with pytest.raises(FileNotFoundError, match="no such rows file"):
+        run(missing)
     assert not any((tmp_path / name).exists() for name in ("b.csv", "m.csv", "b.png"))
-    empty = BudgetSettings(runs=str(tmp_path / "none"), gauss_dir=settings.gauss_dir, paper=str(PAPER),
-                           out=settings.out, margins=settings.margins, figure=settings.figure)
-    with pytest.raises(FileNotFoundError, match="no budget evaluations"):
-        run(empty)
+
+
+def test_rows_of_separate_runs_combine_into_one_curve_and_stale_rows_are_refused(tmp_path):
+    """Seeds run in separate sessions (each its own rows file, written from its own tree) combine into
+    the curve a single run of all seeds gives; a file of another budget_id, a seed in two files or a
+    file mixing two seeds is refused with the file's name, before anything is written."""
+    offsets = {("proposed", 0, 100, "gauss"): lambda t: 0.5, ("proposed", 0, 400, "gauss"): lambda t: 0.8,
+               ("control", 0, 100, "gauss"): lambda t: 0.1, ("control", 0, 400, "gauss"): lambda t: 0.1,
+               ("proposed", 1, 100, "gauss"): lambda t: 0.3, ("control", 1, 100, "gauss"): lambda t: 0.1,
+               ("proposed", 2, 100, "gauss"): lambda t: 0.4, ("control", 2, 100, "gauss"): lambda t: 0.2}
+    whole = _layout(tmp_path / "whole", offsets)
+    budget_whole, margin_whole = run(whole)
+    rows = []
+    for seed in (0, 1, 2):  # three sessions, one seed each
+        part = tmp_path / f"session{seed}"
+        _layout(part, {k: v for k, v in offsets.items() if k[1] == seed})
+        rows += write_budget_rows(part / "runs", tmp_path / "committed", budget_id="cfg1")
+    combined = replace(whole, rows=tuple(rows), budget_id="cfg1", out=str(tmp_path / "c.csv"),
+                       margins=str(tmp_path / "cm.csv"), figure=str(tmp_path / "c.png"))
+    budget, margin = run(combined)
+    pd.testing.assert_frame_equal(budget, budget_whole)
+    pd.testing.assert_frame_equal(margin, margin_whole)
+    assert sorted(set(budget["seed"])) == [0, 1, 2] and (tmp_path / "c.png").stat().st_size > 10_000
+    outputs = [tmp_path / n for n in ("d.csv", "dm.csv", "d.png")]
+    fresh = replace(combined, out=str(outputs[0]), margins=str(outputs[1]), figure=str(outputs[2]))
+    with pytest.raises(ValueError, match=r"s0\.csv: budget_id cfg1 differs from cfg2"):
+        run(replace(fresh, budget_id="cfg2"))
+    with pytest.raises(ValueError, match=r"seed 1 is also in"):
+        run(replace(fresh, rows=(*rows, rows[1])))
+    mixed = tmp_path / "mixed.csv"
+    pd.concat([pd.read_csv(r) for r in rows[:2]]).to_csv(mixed, index=False)
+    with pytest.raises(ValueError, match=r"mixed\.csv: rows of seeds \[0, 1\]"):
+        run(replace(fresh, rows=(str(mixed),)))
+    assert not any(p.exists() for p in outputs)
+
+
+def test_column_groups_and_the_papers_group_margins():
+    assert [group_of(t) for t in ("comp80", "blur2.0", "sr3_gauss_n1")] == ["completion", "deblurring",
+                                                                           "super-resolution"]
+    with pytest.raises(ValueError, match="no column group"):
+        group_of("denoise25")
+    paper = pd.read_csv(PAPER).pivot_table(index="task", columns="method", values="psnr")
+    comp = [t for t in paper.index if t.startswith("comp")]
+    assert paper_group_margins(PAPER)["completion"] == pytest.approx(
+        float((paper.loc[comp, "proposed"] - paper.loc[comp, "gauss"]).mean()))
 
 
 def test_budget_target_trains_one_run_per_prior_and_seed_job_by_job():
     """The DAG of `snakemake budget` at ci: each budget's job needs the previous budget's model and
-    shares the run's resume state; seed 1 stops at budget.spread.steps; own settings only at the
-    largest budget; the Gauss row is the main run's evaluation."""
+    shares the run's resume state; seed 1 stops at its up_to; own settings only at the first seed's
+    largest budget; each seed's rows are a job of their own, stamped with the config's budget_id;
+    the Gauss row is the main run's evaluation."""
     out = subprocess.run([sys.executable, "-m", "snakemake", "budget", "-n", "-p", "--forceall",
                           "--configfile", "config/ci.yaml"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr + out.stdout
@@ -114,6 +166,9 @@ def test_budget_target_trains_one_run_per_prior_and_seed_job_by_job():
     evals = re.findall(r"--out results/ci/budget/eval/\S+\.csv", text)
     assert len(evals) == (2 * 2 + 2 + 2) * 12  # 2 budgets x 2 priors, own at 8, seed 1 at 4
     assert "--gauss-dir results/ci/eval/gauss" in text
+    stamps = re.findall(r"budget-rows --runs results/ci/budget/eval --seed (\d) --budget-id (\w+)", text)
+    assert sorted(s for s, _ in stamps) == ["0", "1"] and len({i for _, i in stamps}) == 1
+    assert f"--rows results/ci/budget/rows/s0.csv results/ci/budget/rows/s1.csv --budget-id {stamps[0][1]}" in text
 
 
 # The `budget` target at a toy size on top of config/ci.yaml: 10 Gauss pretraining steps, one test
@@ -127,7 +182,7 @@ tune:
   extend_rounds: 0
   admm: {iterations: [4], sigma_max: [0.1], sigma_min: [0.01], lam_scale: [1.0]}
 evaluate: {methods: [gauss], tasks: [comp90, sr2_bicubic_n1], max_images: 1, crop: 32}
-budget: {steps: [2, 4], spread: {seed: 1, steps: 2}, own_settings: true, batch_tasks: true}
+budget: {steps: [2, 4], seeds: [{seed: 0, up_to: 4}, {seed: 1, up_to: 2}], own_settings: true, batch_tasks: true}
 """
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from conftest import REPO
+from conftest import REPO, write_budget_rows
 
 from mtdeq import verdict as vd
 from mtdeq.budget import MARGIN_COLUMNS, TASK_MARGIN_COLUMNS, BudgetSettings, run
@@ -31,7 +31,7 @@ def _layout(tmp_path, runs: dict) -> BudgetSettings:
     for (prior, seed, steps, settings), diffs in runs.items():
         for task in TABLE1 + TABLE2:
             _write(tmp_path / "runs" / prior / f"s{seed}" / str(steps) / settings / f"{task}.csv", GAUSS + diffs(task))
-    return BudgetSettings(runs=str(tmp_path / "runs"), gauss_dir=str(tmp_path / "gauss"), paper=str(PAPER),
+    return BudgetSettings(rows=write_budget_rows(tmp_path / "runs", tmp_path / "rows"), gauss_dir=str(tmp_path / "gauss"), paper=str(PAPER),
                           out=str(tmp_path / "b.csv"), margins=str(tmp_path / "m.csv"),
                           figure=str(tmp_path / "b.png"), seed=0, scale="test")
 
@@ -71,7 +71,7 @@ def test_budget_verdicts_use_the_tolerance_file(tmp_path):
     settings = _layout(tmp_path, RUNS)
     tolerance = tmp_path / "tolerance.yaml"
     tolerance.write_text("default: 0.05\nrows: {proposed: {table1: 1.5}}\n")
-    rc = main(["budget", "--runs", settings.runs, "--gauss-dir", settings.gauss_dir, "--paper", str(PAPER),
+    rc = main(["budget", "--rows", *settings.rows, "--gauss-dir", settings.gauss_dir, "--paper", str(PAPER),
                "--out", settings.out, "--margins", settings.margins, "--figure", settings.figure,
                "--tolerance", str(tolerance), "--task-margins", str(tmp_path / "tm.csv")])
     assert rc == 0

@@ -176,6 +176,12 @@ def test_budget_check_table_and_markdown(tmp_path):
     table = tb.budget_check(per_image).set_index("method")
     assert list(table.index) == ["gauss", "red"]  # proposed was not checked
     assert table.loc["gauss", "delta"] == pytest.approx(0.02) and table.loc["red", "n_images"] == 2
+    # 2K is better for both: the best budget is 2K = 20 (k = the K solve's iterations)
+    assert table.loc["gauss", "k"] == 10 and table.loc["gauss", "best_k"] == 20
+    assert table.loc["red", "best_psnr"] == pytest.approx(26.0)
+    worse = per_image.assign(psnr_2x=per_image["psnr"] - 0.5, **{"psnr_0.5x": per_image["psnr"] + 0.1})
+    best = tb.budget_check(worse).set_index("method")
+    assert best.loc["gauss", "best_k"] == 5 and best.loc["gauss", "best_psnr"] == pytest.approx(30.1)
     md = tb.to_markdown(tb.build_table(tb.mean_psnr(per_image), tb.read_paper(str(PAPER)), "table1"),
                         ["comp80", "comp90", "blur1.6", "blur2.0"],
                         title="T", header_lines=[], budget=tb.budget_check(per_image))

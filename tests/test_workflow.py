@@ -31,9 +31,15 @@ COMMON_JOBS = {
 # extra.seeds [1]: 2 x 12 own tunings, one more MTDEQ prior, 3 more rows x 12 tasks
 EXTRA_JOBS = {"tune_admm_own": 24, "collect_tuned_own": 2, "train_deq": 1, "evaluate": 36,
               "tables_extra": 1, "extra": 1}
+# spread.seeds x spread.priors [mtdeq, gauss_budget]: one more MTDEQ and control per seed, 2 x 12 evaluations
+def _seeded(jobs: dict, seeds: int) -> dict:
+    return {**jobs, "train_deq": jobs["train_deq"] + seeds, "train_control_seed": seeds,
+            "evaluate": jobs["evaluate"] + 2 * 12 * seeds}
+
+
 EXPECTED_JOBS = {
-    "config/config.yaml": {**COMMON_JOBS, "fetch": 4},          # Set5, Set14, BSDS500, FFDNet weights
-    "config/ci.yaml": {**COMMON_JOBS, "fetch": 3},              # from scratch: no weights
+    "config/config.yaml": _seeded({**COMMON_JOBS, "fetch": 4}, 2),  # Set5, Set14, BSDS500, FFDNet; seeds 1, 2
+    "config/ci.yaml": _seeded({**COMMON_JOBS, "fetch": 3}, 1),      # from scratch: no weights; seed 1
     "config/quick-drunet.yaml": {**COMMON_JOBS, "fetch": 3},
     "config/paper.yaml": {**COMMON_JOBS, "fetch": 3, "fetch_download": 4, "fetch_weights": 1},
 }
@@ -88,10 +94,12 @@ def assert_logs_and_benchmarks(out: str) -> None:
 def test_ci_config_reaches_the_stage_commands():
     _, out = dry_run("--configfile", "config/ci.yaml")
     train = shell_commands(out, "train-deq")
-    assert len(train) == 3
+    assert len(train) == 4  # + mtdeq_seed1
     assert all("--steps 12" in c and "--crop 32" in c and "--max-iter 20" in c for c in train)
+    assert all("--batch-tasks" in c and "--comp-init fill" in c and "--channels-last" in c for c in train)
     assert {re.search(r"--task-set (\w+)", c).group(1) for c in train} == {"mtdeq", "st_comp", "st_sr"}
-    (gauss, control) = sorted(shell_commands(out, "pretrain-denoiser"), key=lambda c: "gauss_budget" in c)
+    denoisers = [c for c in shell_commands(out, "pretrain-denoiser") if "_seed" not in c]
+    (gauss, control) = sorted(denoisers, key=lambda c: "gauss_budget" in c)
     steps = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())["denoiser"]["steps"]
     assert "--nc 8 16 32 64 --nb 1" in gauss and "--init" not in gauss and f"--steps {steps} " in gauss
     # same budget as the MTDEQ prior: its steps, batch and crop, starting from the Gauss prior
@@ -282,7 +290,7 @@ def test_spread_priors_retrain_every_prior_with_every_seed(tmp_path):
     seeds = tmp_path / "seeds.yaml"
     seeds.write_text(SEEDS_ALL_PRIORS)
     counts, out = dry_run("--configfile", "config/ci.yaml", str(seeds))
-    base = EXPECTED_JOBS["config/ci.yaml"]
+    base = COMMON_JOBS  # the lists replace ci's spread.seeds [1]
     # 3 DEQ priors x 2 seeds, the control x 2 seeds, 4 priors x 2 seeds x 12 tasks
     assert counts["train_deq"] == base["train_deq"] + 6 and counts["train_control_seed"] == 2
     assert counts["evaluate"] == base["evaluate"] + 8 * 12
@@ -309,34 +317,44 @@ def test_spread_priors_retrain_every_prior_with_every_seed(tmp_path):
             "st_comp_seed2 st_sr_seed1 st_sr_seed2 gauss_budget_seed1 gauss_budget_seed2 --paper") in tables
 
 
-HELDOUT_JOBS = {"heldout_images": 1, "evaluate_heldout": 3 * 12, "heldout_tables": 1, "heldout": 1}
+# gauss, proposed, gauss_budget and (heldout.seeded [proposed], ci's spread.seeds [1]) proposed_seed1
+HELDOUT_JOBS = {"heldout_images": 1, "evaluate_heldout": 4 * 12, "heldout_tables": 1, "heldout": 1}
 
 
 def test_heldout_target_plans_the_draw_the_evaluations_and_the_tables(tmp_path):
     counts, out = dry_run("--configfile", "config/ci.yaml", target="heldout")
     assert {k: counts[k] for k in HELDOUT_JOBS} == HELDOUT_JOBS
-    assert counts["evaluate"] == 3 * 12  # Set5's margins beside: the same methods on Set5
+    assert counts["evaluate"] == 4 * 12  # Set5's margins beside: the same methods on Set5
     assert "tables" not in counts and "summarize" not in counts
     assert_logs_and_benchmarks(out)
     (draw,) = shell_commands(out, "heldout-draw")
     assert ("--dir data/BSDS500/test --images 3 --seed 0 --out-dir results/ci/heldout/images"
             " --list results/ci/heldout/images.csv") in draw
     evals = [c for c in shell_commands(out, "evaluate") if "--out results/ci/heldout/eval/" in c]
-    assert len(evals) == 36
+    assert len(evals) == 48
     for c in evals:
         assert "--images results/ci/heldout/images --params results/ci/tuned_params.csv" in c
         assert "--crop 48 " in c and "--max-images" not in c and "--save-dir" not in c and "--budget-check" not in c
         assert "--sr-init bicubic --test-crop pnp-reg" in c and "--precision float64" in c
-    assert {re.search(r"--method (\S+)", c).group(1) for c in evals} == {"gauss", "proposed", "gauss_budget"}
+    assert {re.search(r"--method (\S+)", c).group(1) for c in evals} == {"gauss", "proposed", "gauss_budget",
+                                                                         "proposed_seed1"}
     (tables,) = shell_commands(out, "heldout")
     assert "--eval-dir results/ci/heldout/eval --set5-eval-dir results/ci/eval" in tables
-    assert "--methods gauss proposed gauss_budget --paper" in tables and "--out-dir results/ci/heldout " in tables
+    assert "--methods gauss proposed gauss_budget proposed_seed1 --paper" in tables and "--out-dir results/ci/heldout " in tables
 
     # seeded priors: every seed on the held-out images; heldout.in_all puts the target in `all`
     seeds = tmp_path / "seeds.yaml"
-    seeds.write_text(SEEDS_ALL_PRIORS + "heldout:\n  in_all: true\n")
+    seeds.write_text(SEEDS_ALL_PRIORS + "heldout:\n  in_all: true\n  seeded: [proposed, gauss_budget]\n")
     counts, out = dry_run("--configfile", "config/ci.yaml", str(seeds))
     assert counts["evaluate_heldout"] == (3 + 4) * 12 and counts["heldout_tables"] == 1 and counts["tables"] == 1
     (tables,) = shell_commands(out, "heldout")
     assert ("--methods gauss proposed gauss_budget proposed_seed1 proposed_seed2 gauss_budget_seed1"
             " gauss_budget_seed2 --paper") in tables
+
+
+def test_heldout_seeded_method_must_be_evaluated_and_retrained(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("heldout:\n  seeded: [st_comp]\n")
+    proc = snakemake("heldout", "-n", "--configfile", "config/ci.yaml", str(bad))
+    assert proc.returncode != 0
+    assert "heldout.seeded: st_comp must be in heldout.methods" in proc.stdout + proc.stderr

@@ -3,10 +3,13 @@
 # denoiser) are trained as one run each, one job per budget of budget.steps: the job of a budget
 # resumes the run's shared state (results/<scale>/budget/state/) where the previous budget's job
 # left it, so every budget is a checkpoint of the same run and the target resumes job by job.
-# A second seed retrains both to budget.spread.steps.  Every model is evaluated on the test
-# tasks with the Gauss prior's tuned settings; at the largest budget also with its own (tuned on
-# data.val_set like the Gauss prior's).  mtdeq.budget collects budget.csv, margins.csv and
-# budget.png; the Gauss row is the main run's eval/gauss.
+# Every seed of budget.seeds is such a run up to its own largest budget (`up_to`) and its own
+# target: rows/s<seed>.csv holds its per-image rows, stamped with the config's budget_id, so a
+# seed's rows can be committed (budget.rows) when it finishes and a later session adds the next.
+# Every model is evaluated on the test tasks with the Gauss prior's tuned settings; the first
+# seed's largest budget also with each prior's own (tuned on data.val_set like the Gauss prior's).
+# mtdeq.budget combines the seeds' rows into budget.csv, the margins and budget.png; the Gauss row
+# is the main run's eval/gauss.
 
 use rule train_deq as budget_train_proposed with:
     input:
@@ -108,10 +111,34 @@ use rule evaluate as budget_evaluate with:
         "benchmarks/{scale}/budget/evaluate/{method}/s{seed}/{steps}/{settings}/{task}.tsv"
 
 
-rule budget:
-    """The training-budget curve: budget.csv, margins.csv and budget.png (mtdeq.budget)."""
+rule budget_rows:
+    """One seed of the curve: the per-image rows of its models at every budget up to its up_to."""
     input:
-        runs=budget_evaluations(),
+        evals=lambda w: budget_seed_evaluations(int(w.seed)),
+    output:
+        f"{BUDGET_DIR}/rows/s{{seed}}.csv",
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        runs=f"{BUDGET_DIR}/eval",
+        budget_id=BUDGET_ID,
+    log:
+        f"logs/{SCALE}/budget/rows/s{{seed}}.log",
+    threads: RES["report"]["threads"]
+    resources:
+        mem_mb=RES["report"]["mem_mb"],
+        runtime=RES["report"]["runtime"],
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m mtdeq budget-rows --runs {params.runs} --seed {wildcards.seed} --budget-id {params.budget_id}"
+        " --out {output} {input.evals} > {log} 2>&1"
+
+
+rule budget:
+    """The training-budget curve from every seed's rows: budget.csv, margins and budget.png (mtdeq.budget)."""
+    input:
+        rows=[ancient(f) for f in budget_rows_files()],
         gauss=expand("results/{scale}/eval/gauss/{task}.csv", scale=SCALE, task=TASKS),
         paper="results/paper/paper_tables.csv",
         tolerance=TOLERANCE_INPUT,
@@ -123,7 +150,7 @@ rule budget:
         figure=report(f"{BUDGET_DIR}/budget.png", caption="../report/budget.rst", category="Budget"),
     params:
         seed=config["seed"],
-        runs=lambda w, input: Path(input.runs[0]).parents[4],  # <runs>/<prior>/s<seed>/<steps>/<settings>/
+        budget_id=BUDGET_ID,
         gauss_dir=lambda w, input: Path(input.gauss[0]).parent,
         scale=SCALE,
         tolerance=tolerance_option,
@@ -136,7 +163,7 @@ rule budget:
     conda:
         "../../environment.yml"
     shell:
-        "python -m mtdeq budget --runs {params.runs} --gauss-dir {params.gauss_dir}"
+        "python -m mtdeq budget --rows {input.rows} --budget-id {params.budget_id} --gauss-dir {params.gauss_dir}"
         " --paper {input.paper} --out {output.csv} --margins {output.margins} --figure {output.figure}"
         " --task-margins {output.task_margins} --seed {params.seed} --scale {params.scale}"
         " --tolerance {params.tolerance} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Helpers shared by the .smk files (which fetched dataset provides a path, which prior a
 # method uses, how a group of jobs launches Python). Only small pure functions live here.
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -182,7 +183,6 @@ def tolerance_option(w, input):
 # --- target `budget` (workflow/rules/budget.smk)
 BUDGET = config["budget"]
 BUDGET_STEPS = sorted(BUDGET["steps"])
-BUDGET_SPREAD = BUDGET["spread"]
 BUDGET_DIR = f"results/{SCALE}/budget"
 BUDGET_PRIOR = {"proposed": "mtdeq", "control": "gauss_budget"}  # budget label -> main-run prior
 BATCH_TASKS = "--batch-tasks" if BUDGET["batch_tasks"] else "--no-batch-tasks"
@@ -212,15 +212,54 @@ def budget_state(w):
     return f"--state results/{w.scale}/budget/state/{w.method}_s{w.seed}.ckpt"
 
 
-def budget_evaluations():
-    """Every (method, seed, steps, settings) the curve needs, as eval CSV paths over the test tasks."""
-    runs = [(m, config["seed"], k, "gauss") for m in BUDGET_PRIOR for k in BUDGET_STEPS]
-    if BUDGET["own_settings"]:
-        runs += [(m, config["seed"], BUDGET_STEPS[-1], "own") for m in BUDGET_PRIOR]
-    if BUDGET_SPREAD["steps"]:
-        runs += [(m, BUDGET_SPREAD["seed"], BUDGET_SPREAD["steps"], "gauss") for m in BUDGET_PRIOR]
-    return [f"{BUDGET_DIR}/eval/{m}/s{s}/{k}/{settings}/{task}.csv"
-            for m, s, k, settings in runs for task in config["evaluate"]["tasks"]]
+BUDGET_SEEDS = {int(run["seed"]): int(run["up_to"]) for run in BUDGET["seeds"]}  # seed -> its largest budget
+if len(BUDGET_SEEDS) != len(BUDGET["seeds"]):
+    raise ValueError("budget.seeds: a seed is listed twice")
+for _seed, _up_to in BUDGET_SEEDS.items():
+    if _up_to not in BUDGET_STEPS:
+        raise ValueError(f"budget.seeds: seed {_seed} up_to {_up_to} is not one of budget.steps {BUDGET_STEPS}")
+BUDGET_OWN_SEED = int(BUDGET["seeds"][0]["seed"])  # own settings: at the first seed's largest budget
+
+
+def budget_id():
+    """A digest of every setting a budget seed's rows depend on (training, tuning, evaluation): rows
+    written under another config (committed in budget.rows by an earlier session) are refused by
+    mtdeq.budget instead of being mixed into the curve.  Which budgets and seeds run is not part of it."""
+    deq = {**DEQ, **BUDGET["deq"]}
+    settings = {
+        "precision": config["precision"], "seed": config["seed"], "model": config["model"],
+        "denoiser": config["denoiser"], "deq": deq, "batch_tasks": BUDGET["batch_tasks"],
+        "mtdeq": PRIORS["mtdeq"], "control": config["control"], "protocol": config["protocol"],
+        "tune": config["tune"], "own_settings": BUDGET["own_settings"],
+        "data": {k: config["data"][k] for k in ("train_dirs", "val_set", "val_exclude", "test_set")},
+        "evaluate": {k: config["evaluate"][k] for k in ("tasks", "max_images", "crop", "channels_last")},
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+BUDGET_ID = budget_id()
+
+
+def budget_seed_evaluations(seed):
+    """The eval CSVs of one seed: both priors at every budget up to its up_to with the Gauss prior's
+    settings; the first seed also with each prior's own settings at its largest budget."""
+    if seed not in BUDGET_SEEDS:
+        raise ValueError(f"budget seed {seed} is not in budget.seeds {sorted(BUDGET_SEEDS)}")
+    runs = [(m, k, "gauss") for m in BUDGET_PRIOR for k in BUDGET_STEPS if k <= BUDGET_SEEDS[seed]]
+    if BUDGET["own_settings"] and seed == BUDGET_OWN_SEED:
+        runs += [(m, BUDGET_SEEDS[seed], "own") for m in BUDGET_PRIOR]
+    return [f"{BUDGET_DIR}/eval/{m}/s{seed}/{k}/{settings}/{task}.csv"
+            for m, k, settings in runs for task in config["evaluate"]["tasks"]]
+
+
+def budget_rows_files():
+    """One rows CSV per seed: the committed one in budget.rows when it is there, else this run's."""
+    files = []
+    for seed in BUDGET_SEEDS:
+        committed = Path(BUDGET["rows"]) / f"s{seed}.csv" if BUDGET["rows"] else None
+        files.append(str(committed) if committed is not None and committed.is_file()
+                     else f"{BUDGET_DIR}/rows/s{seed}.csv")
+    return files
 
 
 # the lr_study target (workflow/rules/lr_study.smk)

@@ -7,10 +7,13 @@
 HELDOUT = config["heldout"]
 HELDOUT_DIR = f"results/{SCALE}/heldout"
 _SEEDED_PRIOR = {m: p for p, m in SEEDED_METHOD.items()}  # eval method -> prior that spread.priors names
-# the methods, and every seed of a method whose prior is retrained with spread.seeds
+# the methods, and every seed of spread.seeds of the methods of heldout.seeded
+for _m in HELDOUT["seeded"]:
+    if _m not in HELDOUT["methods"] or _SEEDED_PRIOR.get(_m) not in config["spread"]["priors"]:
+        raise ValueError(f"heldout.seeded: {_m} must be in heldout.methods and its prior "
+                         f"{_SEEDED_PRIOR.get(_m)} in spread.priors {config['spread']['priors']}")
 HELDOUT_METHODS = HELDOUT["methods"] + [
-    f"{m}_seed{s}" for m in HELDOUT["methods"]
-    if _SEEDED_PRIOR.get(m) in config["spread"]["priors"] for s in config["spread"]["seeds"]
+    f"{m}_seed{s}" for m in HELDOUT["methods"] if m in HELDOUT["seeded"] for s in config["spread"]["seeds"]
 ]
 
 
