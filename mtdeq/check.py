@@ -35,7 +35,7 @@ check audits it against the reference's own tables and fails, naming the row, wh
   ``<m>_seed<s>`` row the mean of seed s -- or rows of a table's task have no cell.
 
 The results' ``per_image.csv`` is audited the same way.  A folder without one (a reference
-blessed before per-image evidence, such as the quick-drunet reference of 2026-12)
+blessed before per-image evidence, such as the quick and quick-drunet references of 2026-12)
 is reported as skipped and does not fail the check.
 
 ``--bless`` copies the current tables (``table{1,2}.csv``, ``.md``, ``.provenance.json``)

@@ -137,7 +137,8 @@ def test_validation_stages_exclude_and_check_test_images(configfile):
     Set5's head.png, monarch.png contains Set5's butterfly.png): mtdeq.leakage refuses them otherwise."""
     _, out = dry_run("--configfile", configfile)
     stages = [c for stage in ("tune", "train-deq", "pretrain-denoiser") for c in shell_commands(out, stage)]
-    assert len(stages) == 24 + 3 + 2
+    jobs = EXPECTED_JOBS[configfile]  # 24 tunings, every DEQ prior, Gauss and every control
+    assert len(stages) == 24 + jobs["train_deq"] + 2 + jobs.get("train_control_seed", 0)
     assert all("--test-set data/Set5 --val-exclude face.png monarch.png " in c for c in stages)
 
 
@@ -175,9 +176,12 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, bad_yaml, key)
     assert "Job stats" not in out
 
 
+NO_SEEDS = str(REPO / "tests" / "configs" / "no_seeds.yaml")  # ci with spread.seeds []
+
+
 def test_extra_target_plans_own_settings_and_seed_rows():
-    base, _ = dry_run("--configfile", "config/ci.yaml")
-    counts, out = dry_run("--configfile", "config/ci.yaml", target="extra")
+    base, _ = dry_run("--configfile", "config/ci.yaml", NO_SEEDS)
+    counts, out = dry_run("--configfile", "config/ci.yaml", NO_SEEDS, target="extra")
     assert {k: counts[k] - base.get(k, 0) for k in EXTRA_JOBS} == EXTRA_JOBS
     assert "summarize" not in counts and "tables" not in counts  # `extra` leaves the main tables alone
     assert_logs_and_benchmarks(out)
@@ -201,8 +205,8 @@ def test_extra_target_plans_own_settings_and_seed_rows():
 def test_all_ignores_extra_keys_and_uses_the_configured_lists(tmp_path):
     fallbacks = tmp_path / "fallbacks.yaml"
     fallbacks.write_text("extra:\n  own_priors: [st_sr]\n  seeds: [3]\n")
-    counts, out = dry_run("--configfile", "config/ci.yaml", str(fallbacks))
-    assert dict(counts) == EXPECTED_JOBS["config/ci.yaml"]
+    counts, out = dry_run("--configfile", "config/ci.yaml", NO_SEEDS, str(fallbacks))
+    assert dict(counts) == {**COMMON_JOBS, "fetch": 3}
     (tables,) = shell_commands(out, "tables")
     assert "--methods red gauss gauss_budget st_comp st_sr proposed --paper" in tables
     assert "--out-dir results " in tables
@@ -211,7 +215,7 @@ def test_all_ignores_extra_keys_and_uses_the_configured_lists(tmp_path):
     assert "--out-timings results/ci/timings.csv --out-convergence results/ci/convergence.csv" in summarize
 
     lists = tmp_path / "lists.yaml"
-    lists.write_text("tune:\n  own_priors: [st_comp]\nspread:\n  seeds: [2]\n")
+    lists.write_text("tune:\n  own_priors: [st_comp]\nspread:\n  seeds: [2]\n  priors: [mtdeq]\n")
     counts, out = dry_run("--configfile", "config/ci.yaml", str(lists))
     assert counts["tune_admm_own"] == 12 and counts["train_deq"] == 4 and counts["evaluate"] == 72 + 24
     (tables,) = shell_commands(out, "tables")
@@ -229,7 +233,7 @@ def test_spread_seed_equal_to_the_main_seed_is_rejected(tmp_path):
     assert proc.returncode != 0 and "config spread.seeds: seed 0" in out
     # extra.seeds [1] is checked only when target `extra` is planned
     seed1 = tmp_path / "seed1.yaml"
-    seed1.write_text("seed: 1\n")
+    seed1.write_text("seed: 1\nspread:\n  seeds: []\n")
     counts, _ = dry_run("--configfile", "config/ci.yaml", str(seed1))
     assert counts["tables"] == 1
     proc = snakemake("extra", "-n", "--rerun-incomplete", "--configfile", "config/ci.yaml", str(seed1))
