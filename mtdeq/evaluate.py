@@ -216,11 +216,12 @@ def best_budget(table: pd.DataFrame) -> pd.DataFrame:
     f = 1 solve, the largest over the images), psnr_<f>x, best_factor, best_k (round(best_factor * K)),
     best_psnr, psnr_k (the mean at K, the reported cell).  A fraction whose column is absent is skipped.
     """
-    factors = {0.5: "psnr_0.5x", 1.0: "psnr", 1.5: "psnr_1.5x", 2.0: "psnr_2x"}
+    from mtdeq.validation import BUDGET_FACTORS, best_factor
+
     rows = []
     for (method, task), group in table.groupby(["method", "task"], sort=False):
-        means = {f: float(group[c].mean()) for f, c in factors.items() if c in group.columns}
-        best = max(means, key=lambda f: (means[f], -f))  # ties: the smaller budget
+        means = {f: float(group[c].mean()) for f, c in BUDGET_FACTORS.items() if c in group.columns}
+        best = best_factor(means)
         k = int(group["iterations"].max())
         rows.append({"method": method, "task": task, "k": k,
                      **{f"psnr_{f:g}x": v for f, v in means.items()},

@@ -20,6 +20,11 @@ BUDGET_CHECK_COLUMNS = ["method", "task", "n_images", "psnr_k", "psnr_2k", "delt
 BUDGET_FACTORS = {0.5: "psnr_0.5x", 1.0: "psnr", 1.5: "psnr_1.5x", 2.0: "psnr_2x"}
 
 
+def best_factor(means: dict[float, float]) -> float:
+    """The multiple of K with the highest mean PSNR (ties: the smaller budget)."""
+    return max(means, key=lambda f: (means[f], -f))
+
+
 def budget_check(per_image: pd.DataFrame) -> pd.DataFrame:
     """Mean PSNR at the tuned K and at 2K per (method, task) for the rows evaluated with --budget-check.
 
@@ -35,7 +40,7 @@ def budget_check(per_image: pd.DataFrame) -> pd.DataFrame:
     for (method, task), group in checked.groupby(["method", "task"], sort=True):
         means = {f: float(group[c].mean()) for f, c in BUDGET_FACTORS.items()
                  if c in group.columns and group[c].notna().all()}
-        best = max(means, key=lambda f: (means[f], -f))
+        best = best_factor(means)
         k = int(group["iterations"].max())
         rows.append({"method": method, "task": task, "n_images": len(group), "psnr_k": means[1.0],
                      "psnr_2k": means[2.0], "delta": means[2.0] - means[1.0], "k": k,
