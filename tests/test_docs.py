@@ -107,7 +107,7 @@ def test_a_marker_naming_a_missing_file_is_a_clear_error(tmp_path):
     ("<!-- BEGIN generated: results/reference/quick/table1.md section=\"No such heading\" -->\n"
      "<!-- END generated -->\n", r"no heading 'No such heading' \(headings: 'Table I — scale quick'"),
     ("<!-- BEGIN generated: results/reference/quick/table1.md table=9 -->\n<!-- END generated -->\n",
-     r"has \d+ table"),
+     r"has \d+ table\(s\); table=9 asked"),
     ("<!-- BEGIN generated: results/reference/quick/fig2.png -->\n<!-- END generated -->\n", "only"),
     ("<!-- BEGIN generated: results/reference/quick/tolerance.yaml key=nothing -->\n<!-- END generated -->\n",
      "no top-level entry 'nothing'"),
