@@ -196,11 +196,20 @@ def _git(*args: str) -> str | None:
 PORTABILITY_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_CBWR")
 
 
+def dirty_files(porcelain: str | None) -> list[str]:
+    """The paths named by ``git status --porcelain`` output (a rename gives its new path)."""
+    if not porcelain:
+        return []
+    lines = [line.split(None, 1) for line in porcelain.splitlines()]
+    return sorted(parts[1].split(" -> ")[-1] for parts in lines if len(parts) == 2)
+
+
 def provenance(config: dict | None = None) -> dict:
     """Where a result came from: code version, library versions, time and command line.
 
     Returns a dict with keys ``git_commit`` (``git rev-parse HEAD`` or "unknown"),
-    ``git_dirty`` (True/False, None when git is unavailable), ``mtdeq``, ``torch``,
+    ``git_dirty`` (True/False, None when git is unavailable), ``git_dirty_files`` (the
+    tracked files with uncommitted changes, so a dirty record says which), ``mtdeq``, ``torch``,
     ``numpy``, ``python``, ``platform``, ``cpu_capability`` (the SIMD level ATen dispatches
     to), ``precision`` (torch's default dtype), ``threads``, ``env`` (those of PORTABILITY_ENV
     that are set), ``utc_time`` (ISO 8601), ``argv`` and, when
@@ -213,6 +222,7 @@ def provenance(config: dict | None = None) -> dict:
     record = {
         "git_commit": commit or "unknown",
         "git_dirty": None if status is None else bool(status),
+        "git_dirty_files": dirty_files(status),
         "mtdeq": str(__version__),
         "torch": str(torch.__version__),
         "numpy": str(np.__version__),

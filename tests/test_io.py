@@ -128,8 +128,19 @@ def test_provenance_records_code_and_versions():
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
     if head.returncode == 0:
         assert rec["git_commit"] == head.stdout.strip() and isinstance(rec["git_dirty"], bool)
+        assert rec["git_dirty"] == bool(rec["git_dirty_files"])
     else:
         assert rec["git_commit"] == "unknown"
+
+
+def test_dirty_files_names_every_changed_path():
+    from mtdeq.io import dirty_files
+
+    status = "M mtdeq/io.py\nM  README.md\nR  old.py -> mtdeq/new.py\nMM tests/test_io.py"
+    # the first line as provenance() gets it: git's output stripped, so " M" lost its blank
+    assert dirty_files(status) == ["README.md", "mtdeq/io.py", "mtdeq/new.py", "tests/test_io.py"]
+    assert dirty_files(" M a.py\n?? b.py") == ["a.py", "b.py"]
+    assert dirty_files("") == [] and dirty_files(None) == []
 
 
 def test_png_figure_is_lossless_and_drops_only_an_opaque_alpha(tmp_path):
