@@ -77,7 +77,7 @@ BLESSED_FILES = TABLE_FILES + ["fig2.png"]
 PER_IMAGE_FILE = "per_image.csv"  # the rows every cell is the mean of (mtdeq.per_image)
 # target `heldout` (mtdeq.heldout): its per-image rows, margins and figure, blessed beside Set5's
 HELDOUT_FILES = ["images.csv", "per_image.csv", "margins.csv", "margin_counts.csv", "comparison.csv", "comparison.md",
-                 "margins.png"]
+                 "margins.png", "timings.csv"]
 EVIDENCE_FILES = [PER_IMAGE_FILE, "margins.csv", "margin_counts.csv", "margins.md", "seeds.csv"]
 EXTRA_FILES = ["spread.csv", "budget_check.csv", "protocol_validation.csv", "protocol_validation.md", *EVIDENCE_FILES,
                *(f"extra/{name}" for name in TABLE_FILES), "extra/spread.csv",

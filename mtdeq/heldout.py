@@ -25,6 +25,8 @@ tuning (Set14); this module draws N of them and judges the same margins on them.
     ``comparison.md``       the same as a Markdown table
     ``margins.png``         per task, the margin over each baseline with its interval, Set5 and
                             held-out side by side (margins_figure)
+    ``timings.csv``         with --benchmarks: the seconds of the draw and of every held-out
+                            evaluation job (TIMED_RULES; mtdeq.summary's columns and TOTAL row)
 
     With d_i the seed-averaged paired difference of image i (mtdeq.verdict):
 
@@ -56,6 +58,7 @@ DRAW_COLUMNS = ["draw", "file", "source", "sha256"]
 PAIRS = (("proposed", "gauss"), ("proposed", "gauss_budget"))
 BASELINE_LABELS = {"gauss": "Gauss", "gauss_budget": "Gauss + same budget (control)"}
 TARGET_HALF_WIDTH = 0.1  # dB
+TIMED_RULES = ("heldout_images", "evaluate_heldout")  # timings.csv: the draw and the evaluations
 Z95 = 1.959964
 COMPARISON_COLUMNS = ["prior", "baseline", "table", "task",
                       "set5_n_images", "set5_margin", "set5_ci_low", "set5_ci_high", "set5_verdict",
@@ -220,7 +223,8 @@ def _margins(per_image: pd.DataFrame, table_of: dict, tolerance) -> pd.DataFrame
 
 
 def make_heldout(*, eval_dir: str, set5_eval_dir: str, methods: list[str], paper: str, scale: str, out_dir: str,
-                 seed: int = 0, tolerance: str | None = None, draw_list: str | None = None) -> pd.DataFrame:
+                 seed: int = 0, tolerance: str | None = None, draw_list: str | None = None,
+                 benchmarks: str | None = None) -> pd.DataFrame:
     """Write the outputs of the module doc's stage 2; return the comparison table."""
     from mtdeq.io import atomic_write_text, write_png_figure
     from mtdeq.tables import TABLES, read_eval_dir, read_paper, table_tasks
@@ -247,6 +251,11 @@ def make_heldout(*, eval_dir: str, set5_eval_dir: str, methods: list[str], paper
                                                                  source=source))
     write_png_figure(out / "margins.png", margins_figure(
         table, title=f"Margins on Set5 and on {n_heldout} held-out images — scale {scale}"))
+    if benchmarks is not None:
+        from mtdeq.summary import timings
+
+        times = timings(benchmarks, rules=TIMED_RULES)
+        atomic_write_text(out / "timings.csv", times.to_csv(index=False, float_format="%.2f"))
     return table
 
 
@@ -260,7 +269,7 @@ def _run_draw(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     table = make_heldout(eval_dir=args.eval_dir, set5_eval_dir=args.set5_eval_dir, methods=args.methods,
                          paper=args.paper, scale=args.scale, out_dir=args.out_dir, seed=args.seed,
-                         tolerance=args.tolerance, draw_list=args.draw_list)
+                         tolerance=args.tolerance, draw_list=args.draw_list, benchmarks=args.benchmarks)
     for r in table.itertuples(index=False):
         print(f"{r.prior} - {r.baseline} {r.task}: Set5 {r.set5_margin:+.3f}, held-out {r.heldout_margin:+.3f} "
               f"[{r.heldout_ci_low:+.3f}, {r.heldout_ci_high:+.3f}] {r.heldout_verdict}, sd {r.sd_diff:.3f}")
@@ -288,4 +297,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="the main run's training seed (config seed)")
     p.add_argument("--tolerance", default=None, help="tolerance.yaml of the verdicts (else the fallback)")
     p.add_argument("--draw-list", default=None, help="images.csv of heldout-draw (named in comparison.md)")
+    p.add_argument("--benchmarks", default=None,
+                   help="the run's benchmark folder (e.g. benchmarks/quick): write timings.csv of the draw and "
+                        "the held-out evaluations (mtdeq.summary's columns)")
     p.set_defaults(func=_run)

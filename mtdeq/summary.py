@@ -20,7 +20,8 @@ run took less; ``job`` says how many jobs and N.  ``max_rss_mb`` = the largest j
 ``wall_span_s`` = from the first job's start to the last job's end, where a job ends at its
 benchmark file's modification time and starts ``seconds`` earlier; it includes any pause
 between Snakemake invocations, and means nothing once the files have been copied.  The
-benchmark of rule ``summarize`` itself is skipped: it is written only after this stage ends.
+benchmark of rule ``summarize`` itself is skipped: it is written only after this stage ends, and so
+are the rules of ``--exclude-rules`` (targets outside the run whose benchmarks share the folder).
 
 ``convergence.csv``: one row per DEQ prior, read from the training logs ``<train-logs>/<prior>.csv``
 of train-deq (logs without fixed-point columns, i.e. the Gaussian-denoiser ones, are skipped):
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -65,9 +67,11 @@ def _number(frame: pd.DataFrame, column: str) -> float:
     return float(pd.to_numeric(frame[column], errors="coerce").mean())
 
 
-def read_benchmarks(folder: str | Path) -> tuple[pd.DataFrame, list[tuple[float, float]]]:
+def read_benchmarks(folder: str | Path, rules: Collection[str] | None = None,
+                    exclude: Collection[str] = ()) -> tuple[pd.DataFrame, list[tuple[float, float]]]:
     """Job rows (TIMING_COLUMNS, wall_span_s empty) of every benchmark TSV below ``folder``,
-    and (start, end) in seconds since the epoch of each job (end = the file's mtime)."""
+    and (start, end) in seconds since the epoch of each job (end = the file's mtime).
+    ``rules``: keep only these rules; ``exclude``: leave these out (targets outside the run)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--benchmarks {folder}: no such folder (Snakemake writes it as jobs end)")
@@ -75,7 +79,7 @@ def read_benchmarks(folder: str | Path) -> tuple[pd.DataFrame, list[tuple[float,
     for path in sorted(folder.rglob("*.tsv")):
         parts = path.relative_to(folder).with_suffix("").parts
         rule, job = parts[0], "/".join(parts[1:])
-        if rule == SELF_RULE:
+        if rule == SELF_RULE or rule in exclude or (rules is not None and rule not in rules):
             continue
         frame = pd.read_csv(path, sep="\t")
         if "s" not in frame.columns or frame.empty:
@@ -88,11 +92,14 @@ def read_benchmarks(folder: str | Path) -> tuple[pd.DataFrame, list[tuple[float,
     return pd.DataFrame(rows, columns=TIMING_COLUMNS), spans
 
 
-def timings(folder: str | Path, cores: int | None = None) -> pd.DataFrame:
-    """timings.csv (module doc): the job rows sorted by (rule, job), then the TOTAL row."""
-    jobs, spans = read_benchmarks(folder)
+def timings(folder: str | Path, cores: int | None = None, *, rules: Collection[str] | None = None,
+            exclude: Collection[str] = ()) -> pd.DataFrame:
+    """timings.csv (module doc): the job rows sorted by (rule, job), then the TOTAL row; ``rules`` /
+    ``exclude`` as in read_benchmarks."""
+    jobs, spans = read_benchmarks(folder, rules, exclude)
     if jobs.empty:
-        raise FileNotFoundError(f"--benchmarks {folder}: no benchmark files (<rule>[/<wildcards>].tsv)")
+        which = f" of rule(s) {', '.join(sorted(rules))}" if rules is not None else ""
+        raise FileNotFoundError(f"--benchmarks {folder}: no benchmark files{which} (<rule>[/<wildcards>].tsv)")
     jobs = jobs.sort_values(["rule", "job"], ignore_index=True)
     on = f"{cores} core(s)" if cores else "an unrecorded number of cores"
     total = {
@@ -145,22 +152,23 @@ def convergence(folder: str | Path) -> pd.DataFrame:
 
 
 def summarize(*, scale: str, benchmarks: str, train_logs: str, out_timings: str, out_convergence: str,
-              cores: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              cores: int | None = None, exclude: Collection[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write timings.csv, convergence.csv and the provenance sidecar; return both tables."""
     from mtdeq.io import atomic_write_text, provenance
 
-    times, conv = timings(benchmarks, cores), convergence(train_logs)
+    times, conv = timings(benchmarks, cores, exclude=exclude), convergence(train_logs)
     atomic_write_text(out_timings, times.to_csv(index=False, float_format="%.2f"))
     atomic_write_text(out_convergence, conv.to_csv(index=False, float_format="%.4g"))
     record = provenance({"scale": scale, "benchmarks": str(benchmarks), "train_logs": str(train_logs),
-                         "cores": cores, "convergence": str(out_convergence)})
+                         "cores": cores, "excluded_rules": sorted(exclude), "convergence": str(out_convergence)})
     atomic_write_text(Path(out_timings).with_suffix(".provenance.json"), json.dumps(record, indent=2) + "\n")
     return times, conv
 
 
 def _run(args: argparse.Namespace) -> int:
     times, conv = summarize(scale=args.scale, benchmarks=args.benchmarks, train_logs=args.train_logs,
-                            out_timings=args.out_timings, out_convergence=args.out_convergence, cores=args.cores)
+                            out_timings=args.out_timings, out_convergence=args.out_convergence, cores=args.cores,
+                            exclude=args.exclude_rules)
     total = times.iloc[-1]
     print(f"{total['job']}: {total['seconds']:.0f} s summed, {total['wall_span_s']:.0f} s from first start "
           f"to last end -> {args.out_timings}")
@@ -180,4 +188,7 @@ def register(subparsers) -> None:
     p.add_argument("--out-timings", required=True, help="CSV to write, e.g. results/quick/timings.csv")
     p.add_argument("--out-convergence", required=True, help="CSV to write, e.g. results/quick/convergence.csv")
     p.add_argument("--cores", type=int, default=None, help="--cores of the Snakemake run (recorded)")
+    p.add_argument("--exclude-rules", nargs="*", default=[], metavar="RULE",
+                   help="benchmark folders/files of these rules are left out: the targets outside the run "
+                        "(budget, lr_study, heldout) that share the benchmark folder")
     p.set_defaults(func=_run)

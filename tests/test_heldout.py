@@ -113,6 +113,24 @@ def test_heldout_stage_writes_margins_beside_set5_and_the_figure(constructed):
     png = Image.open(out / "margins.png")
     assert png.size[0] > 500 and png.size[1] > 300
     assert (out / "margin_counts.csv").is_file()
+    assert not (out / "timings.csv").exists()  # only with --benchmarks
+
+
+def test_heldout_stage_times_the_held_out_jobs_only(constructed):
+    root, _ = constructed
+    bench = root / "bench"
+    for rule, job, seconds in (("evaluate_heldout", "gauss/comp80", 650.0), ("evaluate", "gauss/comp80", 90.0),
+                               ("heldout_images", "", 2.0)):
+        path = bench / rule / f"{job}.tsv" if job else bench / f"{rule}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\tmax_rss\tcpu_time\n{seconds}\t100\t{seconds}\n")
+    out = root / "out"
+    assert main(["heldout", "--eval-dir", str(root / "held"), "--set5-eval-dir", str(root / "set5"),
+                 "--methods", "gauss", "proposed", "--paper", str(PAPER), "--scale", "unit", "--out-dir", str(out),
+                 "--benchmarks", str(bench)]) == 0
+    times = pd.read_csv(out / "timings.csv")
+    assert list(times["rule"]) == ["evaluate_heldout", "heldout_images", "TOTAL"]
+    assert times.iloc[-1]["seconds"] == pytest.approx(652.0)  # Set5's evaluate is not the held-out set's
 
 
 def test_comparison_and_figure_on_constructed_margins(tmp_path):

@@ -69,6 +69,34 @@ def test_timings_one_row_per_job_and_a_total(tmp_path):
     assert math.isnan(table.loc[0, "wall_span_s"]) and math.isnan(table.loc[1, "max_rss_mb"])
 
 
+def test_targets_outside_the_run_are_left_out_or_selected(tmp_path):
+    bench = write_benchmarks(tmp_path / "bench")
+    extra = {"budget/train/proposed_s1_400.tsv": (900.0, 1.0, 900.0, 1_600.0),
+             "evaluate_heldout/gauss/comp80.tsv": (700.0, 1.0, 700.0, 1_700.0)}
+    for name, (seconds, rss, cpu, end) in extra.items():
+        path = bench / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(HEADER + f"{seconds}\t0:00:00\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n")
+        os.utime(path, (end, end))
+    everything = summary.timings(bench)
+    assert everything.iloc[-1]["seconds"] == pytest.approx(450.0 + 1_600.0)
+    run = summary.timings(bench, exclude=["budget", "evaluate_heldout"])
+    assert run.iloc[-1]["seconds"] == pytest.approx(450.0) and set(run["rule"]) == {
+        "pretrain_denoiser", "train_deq", "evaluate", "TOTAL"}
+    assert run.iloc[-1]["wall_span_s"] == pytest.approx(1_510.0 - 900.0)  # the excluded jobs' times too
+    held = summary.timings(bench, rules=["evaluate_heldout"])
+    assert list(held["job"]) == ["gauss/comp80", "sum of 1 job(s) run on an unrecorded number of cores"]
+    with pytest.raises(FileNotFoundError, match="no benchmark files of rule\\(s\\) heldout_images"):
+        summary.timings(bench, rules=["heldout_images"])
+    out = tmp_path / "out"
+    assert main(["summarize", "--scale", "unit", "--benchmarks", str(bench), "--train-logs",
+                 str(write_logs(tmp_path / "logs")), "--out-timings", str(out / "t.csv"), "--out-convergence",
+                 str(out / "c.csv"), "--exclude-rules", "budget", "evaluate_heldout"]) == 0
+    assert pd.read_csv(out / "t.csv").iloc[-1]["seconds"] == pytest.approx(450.0)
+    assert json.loads((out / "t.provenance.json").read_text())["config"]["excluded_rules"] == [
+        "budget", "evaluate_heldout"]
+
+
 def test_convergence_per_deq_prior(tmp_path):
     table = summary.convergence(write_logs(tmp_path / "logs"))
     assert list(table.columns) == summary.CONVERGENCE_COLUMNS

@@ -213,6 +213,8 @@ def test_all_ignores_extra_keys_and_uses_the_configured_lists(tmp_path):
     (summarize,) = shell_commands(out, "summarize")
     assert "--benchmarks benchmarks/ci --train-logs results/ci/logs" in summarize
     assert "--out-timings results/ci/timings.csv --out-convergence results/ci/convergence.csv" in summarize
+    # the benchmarks of targets outside `all` (same folder) are not part of its time
+    assert "--exclude-rules budget lr_study evaluate_heldout heldout_images heldout_tables" in summarize
 
     lists = tmp_path / "lists.yaml"
     lists.write_text("tune:\n  own_priors: [st_comp]\nspread:\n  seeds: [2]\n  priors: [mtdeq]\n")
@@ -345,12 +347,15 @@ def test_heldout_target_plans_the_draw_the_evaluations_and_the_tables(tmp_path):
     (tables,) = shell_commands(out, "heldout")
     assert "--eval-dir results/ci/heldout/eval --set5-eval-dir results/ci/eval" in tables
     assert "--methods gauss proposed gauss_budget proposed_seed1 --paper" in tables and "--out-dir results/ci/heldout " in tables
+    assert "--benchmarks benchmarks/ci " in tables  # timings.csv of the held-out jobs
 
     # seeded priors: every seed on the held-out images; heldout.in_all puts the target in `all`
     seeds = tmp_path / "seeds.yaml"
     seeds.write_text(SEEDS_ALL_PRIORS + "heldout:\n  in_all: true\n  seeded: [proposed, gauss_budget]\n")
     counts, out = dry_run("--configfile", "config/ci.yaml", str(seeds))
     assert counts["evaluate_heldout"] == (3 + 4) * 12 and counts["heldout_tables"] == 1 and counts["tables"] == 1
+    (summarize,) = shell_commands(out, "summarize")
+    assert summarize.split("--exclude-rules")[1].split(">")[0].split() == ["budget", "lr_study"]  # in `all` now
     (tables,) = shell_commands(out, "heldout")
     assert ("--methods gauss proposed gauss_budget proposed_seed1 proposed_seed2 gauss_budget_seed1"
             " gauss_budget_seed2 --paper") in tables

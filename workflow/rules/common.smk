@@ -69,6 +69,10 @@ def prior_setting(prior, key):
     return PRIORS[prior.split("_seed")[0]][key]
 
 
+# the rules of target `heldout` (heldout.smk); summarize leaves them out of `all`'s time unless heldout.in_all
+HELDOUT_RULES = ["evaluate_heldout", "heldout_images", "heldout_tables"]
+
+
 def prior_seed(prior):
     """Training seed of a DEQ prior: s for mtdeq_seed<s>, else the config seed."""
     return int(prior.split("_seed")[1]) if "_seed" in prior else config["seed"]

@@ -77,6 +77,7 @@ rule heldout_tables:
         comparison="results/{scale}/heldout/comparison.csv",
         comparison_md="results/{scale}/heldout/comparison.md",
         figure=report("results/{scale}/heldout/margins.png", caption="../report/heldout.rst", category="Margins"),
+        timings="results/{scale}/heldout/timings.csv",
     params:
         methods=HELDOUT_METHODS,
         seed=config["seed"],
@@ -95,11 +96,13 @@ rule heldout_tables:
         "python -m mtdeq heldout --eval-dir results/{wildcards.scale}/heldout/eval"
         " --set5-eval-dir results/{wildcards.scale}/eval --methods {params.methods} --paper {input.paper}"
         " --scale {wildcards.scale} --out-dir results/{wildcards.scale}/heldout --seed {params.seed}"
-        " --tolerance {params.tolerance} --draw-list {input.listing} > {log} 2>&1"
+        " --tolerance {params.tolerance} --draw-list {input.listing}"
+        " --benchmarks benchmarks/{wildcards.scale} > {log} 2>&1"
 
 
 HELDOUT_TARGET = [f"{HELDOUT_DIR}/{name}" for name in (
-    "per_image.csv", "margins.csv", "margin_counts.csv", "comparison.csv", "comparison.md", "margins.png")]
+    "per_image.csv", "margins.csv", "margin_counts.csv", "comparison.csv", "comparison.md", "margins.png",
+    "timings.csv")]
 
 
 rule heldout:

@@ -156,6 +156,8 @@ rule summarize:
     params:
         benchmarks=lambda w: f"benchmarks/{w.scale}",
         train_logs=lambda w: f"results/{w.scale}/logs",
+        # targets outside `all` write their benchmarks into the same folder: not part of its time
+        exclude=["budget", "lr_study"] + ([] if config["heldout"]["in_all"] else HELDOUT_RULES),
     log:
         "logs/{scale}/summarize.log",
     benchmark:
@@ -170,4 +172,4 @@ rule summarize:
     shell:
         "python -m mtdeq summarize --scale {wildcards.scale} --benchmarks {params.benchmarks}"
         " --train-logs {params.train_logs} --out-timings {output.timings}"
-        " --out-convergence {output.convergence} > {log} 2>&1"
+        " --out-convergence {output.convergence} --exclude-rules {params.exclude} > {log} 2>&1"
