@@ -147,8 +147,9 @@ def comparison(set5: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_markdown(table: pd.DataFrame, *, scale: str, n_heldout: int, source: str,
-                        target: float = TARGET_HALF_WIDTH) -> str:
-    """The comparison as Markdown: one section per baseline, one row per task."""
+                        target: float = TARGET_HALF_WIDTH, seeds: dict[str, list[int]] | None = None) -> str:
+    """The comparison as Markdown: one section per baseline, one row per task.  ``seeds``: the
+    training seeds read per trained method (named, since Set5's column uses the same ones)."""
     from mtdeq.tables import TASK_LABELS
 
     lines = [f"## Margins on Set5 and on the held-out set — scale {scale}", "",
@@ -157,6 +158,10 @@ def comparison_markdown(table: pd.DataFrame, *, scale: str, n_heldout: int, sour
              "interval over the images] verdict (mtdeq.verdict; a seeded prior averaged over its seeds per image). "
              f"sd: per-image standard deviation of the held-out differences; ±: the interval's half-width; "
              f"N for ±{target:.2f}: images a half-width of {target:.2f} dB would take, (1.96 sd / {target:.2f})²."]
+    if seeds:
+        listed = "; ".join(f"{m} {', '.join(str(s) for s in sorted(v))}" for m, v in sorted(seeds.items()))
+        lines += ["", f"Training seeds, on both sets: {listed}. The Set5 column uses these seeds only, so it "
+                  "differs from the main tables' margin where those average more seeds of a method."]
     if table.empty:
         return "\n".join(lines + ["", "No margin: no (prior, baseline) pair was evaluated."]) + "\n"
     counts = pd.concat([table["set5_n_images"], table["heldout_n_images"]]).dropna()
@@ -247,8 +252,10 @@ def make_heldout(*, eval_dir: str, set5_eval_dir: str, methods: list[str], paper
     atomic_write_text(out / "margins.csv", margins.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(out / "margin_counts.csv", vd.counts(margins).to_csv(index=False, float_format="%.4f"))
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False, float_format="%.4f"))
+    trained = heldout[heldout["method"] != "gauss"]  # the Gauss prior is not trained here: no seed
+    seeds = {m: sorted(int(s) for s in g.unique()) for m, g in trained.groupby("method")["seed"]}
     atomic_write_text(out / "comparison.md", comparison_markdown(table, scale=scale, n_heldout=n_heldout,
-                                                                 source=source))
+                                                                 source=source, seeds=seeds))
     write_png_figure(out / "margins.png", margins_figure(
         table, title=f"Margins on Set5 and on {n_heldout} held-out images — scale {scale}"))
     if benchmarks is not None:

@@ -110,6 +110,7 @@ def test_heldout_stage_writes_margins_beside_set5_and_the_figure(constructed):
     md = (out / "comparison.md").read_text()
     assert "### Proposed − Gauss" in md and "### Proposed − Gauss + same budget (control)" in md
     assert "| Completion 80% | +0.50 [" in md and "N for ±0.10" in md
+    assert "Training seeds, on both sets: gauss_budget 0; proposed 0, 1." in md
     png = Image.open(out / "margins.png")
     assert png.size[0] > 500 and png.size[1] > 300
     assert (out / "margin_counts.csv").is_file()
