@@ -13,7 +13,12 @@ For a method m (a row of Tables I-II) and a task t (a column), each test image x
        to a multiple of the SR factor.
 
 The per-image CSV has the columns of CSV_COLUMNS; a sidecar ``<out>.provenance.json`` records
-the parameters, prior, seed and code version.  With --save-dir the restored images are
+the parameters, prior, seed and code version.  With ``--reuse PRIOR CSV`` (the training-budget
+curve: a budget run's checkpoint can be the very model that `all` trained and evaluated) the rows of
+CSV are copied instead of solved again when PRIOR's weights are bit-identical to --prior's
+(mtdeq.fingerprint.weights_digest) and CSV's provenance records the same task, images, seed,
+protocol, solver options, precision and tuned parameters (REUSE_KEYS); otherwise the images are
+solved as usual and the log says which of these differed.  With --save-dir the restored images are
 written as ``<save-dir>/<image>.png``; for method ``gauss`` (run once per task, so one copy
 suffices) the degraded input is also written, as ``<save-dir>/../../input/<task>/<image>.png``:
 y itself when it has the image's shape (completion, deblurring) and op.init(y) (the
@@ -45,6 +50,9 @@ TUNED_COLUMNS = ["method", "task", "iterations", "sigma_max", "sigma_min", "lam"
 # eval method -> which tuned-parameter row (algorithm) it uses; every method not listed uses admm
 METHODS = ("red", "gauss", "gauss_budget", "st_comp", "st_sr", "proposed")
 _METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# EvalSettings fields that must agree for --reuse (with the tuned parameters and the precision)
+REUSE_KEYS = ("task", "images", "max_images", "crop", "seed", "algorithm", "protocol", "red_tol", "red_accel",
+              "channels_last")
 
 
 @dataclass(frozen=True)
@@ -264,7 +272,35 @@ class EvalSettings:
     red_accel: str = "plain"  # RED's scheme: plain or anderson (mtdeq.solvers.red)
 
 
-def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
+def _plain(value):
+    """JSON round trip: dataclasses and tuples as a provenance record stores them."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def reusable(settings: EvalSettings, params: SolverParams, prior: str | Path, csv: str | Path) -> tuple[bool, str]:
+    """Whether ``csv`` (an earlier evaluation of checkpoint ``prior``) holds exactly the rows that
+    ``settings`` would compute: (True, "") or (False, what differs)."""
+    from mtdeq.fingerprint import weights_digest
+    from mtdeq.runtime import precision_name
+
+    csv, sidecar = Path(csv), Path(csv).with_suffix(".provenance.json")
+    if not csv.is_file() or not sidecar.is_file():
+        return False, f"{csv} or its provenance file is missing"
+    if weights_digest(prior) != weights_digest(settings.prior):
+        return False, f"the weights of {prior} and {settings.prior} differ"
+    record = json.loads(sidecar.read_text())
+    earlier = record.get("config", {}).get("settings", {})
+    ours = _plain(asdict(settings))
+    differ = [k for k in REUSE_KEYS if earlier.get(k) != ours.get(k)]
+    if record.get("config", {}).get("params") != _plain(asdict(params)):
+        differ.append("tuned parameters")
+    if record.get("precision") != precision_name():
+        differ.append("precision")
+    return (False, f"{csv} was evaluated with another {', '.join(differ)}") if differ else (True, "")
+
+
+def evaluate(settings: EvalSettings, *, progress: bool = True,
+             reuse: tuple[str | Path, str | Path] | None = None) -> pd.DataFrame:
     """Restore every image of ``settings.images`` for one (method, task); write and return the CSV rows."""
     from tqdm import tqdm
 
@@ -281,6 +317,11 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     task = tasks.TEST_TASKS[settings.task]
     algorithm = settings.algorithm or algorithm_for(settings.method)
     params = read_params(settings.params, algorithm, settings.task, method=settings.method)
+    if reuse is not None:
+        same, why = reusable(settings, params, *reuse)
+        if same:
+            return _copy_rows(settings, params, *reuse)
+        print(f"--reuse: solving, since {why}")
     denoiser, backbone = load_prior(settings.prior)
     device = resolve_device(settings.device)
     denoiser = for_inference(denoiser, device, channels_last=settings.channels_last)
@@ -328,6 +369,23 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> pd.DataFrame:
     return table
 
 
+def _copy_rows(settings: EvalSettings, params: SolverParams, prior: str | Path, csv: str | Path) -> pd.DataFrame:
+    """The rows of ``csv`` under this method's name, with a provenance record that says so."""
+    from mtdeq.fingerprint import weights_digest
+    from mtdeq.io import atomic_write_text, provenance
+
+    table = pd.read_csv(csv)[CSV_COLUMNS].assign(method=settings.method)
+    out = Path(settings.out)
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.6f"))
+    source = json.loads(Path(csv).with_suffix(".provenance.json").read_text())
+    record = provenance({"settings": asdict(settings), "params": asdict(params)})
+    record["reused"] = {"csv": str(csv), "prior": str(prior), "weights_sha256": weights_digest(prior),
+                        "evaluated_at": {k: source.get(k) for k in ("git_commit", "utc_time", "cpu_capability")}}
+    atomic_write_text(out.with_suffix(".provenance.json"), json.dumps(record, indent=2) + "\n")
+    print(f"--reuse: {settings.prior} has the weights of {prior}: rows copied from {csv}")
+    return table
+
+
 def _run(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         method=args.method,
@@ -349,7 +407,7 @@ def _run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         red_accel=args.red_accel,
     )
-    table = evaluate(settings)
+    table = evaluate(settings, reuse=tuple(args.reuse) if args.reuse else None)
     print(
         f"{settings.method}/{settings.task}: mean PSNR {table['psnr'].mean():.2f} dB, "
         f"SSIM {table['ssim'].mean():.4f} over {len(table)} image(s) -> {settings.out}"
@@ -386,6 +444,9 @@ def register(subparsers) -> None:
                    help="also PSNR after K/2 and 3K/2 iterations (columns psnr_0.5x, psnr_1.5x, iterations_0.5x, "
                         "iterations_1.5x; implies --budget-check), so a cell that loses PSNR with more iterations "
                         "can report its best K (mtdeq.evaluate.best_budget)")
+    p.add_argument("--reuse", nargs=2, metavar=("PRIOR", "CSV"), default=None,
+                   help="copy the rows of CSV (an evaluation of checkpoint PRIOR) instead of solving, when PRIOR's "
+                        "weights equal --prior's and CSV's provenance has the same settings (else solve as usual)")
     add_runtime_args(p)
     add_protocol_args(p, test=True)
     p.set_defaults(func=_run)

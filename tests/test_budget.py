@@ -171,6 +171,38 @@ def test_budget_target_trains_one_run_per_prior_and_seed_job_by_job():
     assert f"--rows results/ci/budget/rows/s0.csv results/ci/budget/rows/s1.csv --budget-id {stamps[0][1]}" in text
 
 
+def test_budget_reuses_alls_evaluations_where_its_checkpoint_is_alls_model(tmp_path):
+    """At priors.mtdeq.steps (ci: 12) a budget run of the config seed (0) or of a seed of spread.seeds
+    (ci: 1) is the model that `all` trained (measured at quick: bit-identical weights, seed 1, 400
+    steps), so its Gauss-settings evaluations pass --reuse with all's model and CSV; other budgets,
+    seeds outside the main run, own settings and budget.reuse_main false solve."""
+    override = tmp_path / "reuse.yaml"
+    seeds = "[{seed: 0, up_to: 12}, {seed: 1, up_to: 12}, {seed: 5, up_to: 12}]"
+    override.write_text(f"budget: {{steps: [4, 12], seeds: {seeds}}}\n")
+
+    def plan(*extra):
+        out = subprocess.run([sys.executable, "-m", "snakemake", "budget", "-n", "-p", "--forceall",
+                              "--configfile", "config/ci.yaml", str(override), *extra],
+                             cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr + out.stdout
+        return re.findall(r"--out results/ci/budget/eval/(\w+)/s(\d)/(\d+)/(\w+)/(\S+)\.csv.*?(--reuse \S+ \S+)?"
+                          r" >", out.stdout + out.stderr)
+
+    evals = plan()
+    reused = {(m, s, k, setting, t): r for m, s, k, setting, t, r in evals if r}
+    assert len(evals) == (2 * 2 * 3 + 2) * 12  # 2 priors x 2 budgets x 3 seeds, own settings at seed 0
+    assert {(m, s, k, setting) for m, s, k, setting, _ in reused} == {
+        (m, s, "12", "gauss") for m in ("proposed", "control") for s in ("0", "1")}
+    assert reused[("proposed", "1", "12", "gauss", "comp80")] == (
+        "--reuse results/ci/models/mtdeq_seed1.pt results/ci/eval/proposed_seed1/comp80.csv")
+    assert reused[("control", "0", "12", "gauss", "sr2_gauss_n1")] == (
+        "--reuse results/ci/models/gauss_budget.pt results/ci/eval/gauss_budget/sr2_gauss_n1.csv")
+    off = tmp_path / "off.yaml"
+    off.write_text("budget: {reuse_main: false}\n")
+    solved = plan(str(off))
+    assert len(solved) == len(evals) and not any(r for *_, r in solved)  # the same curve, every job solved
+
+
 # The `budget` target at a toy size on top of config/ci.yaml: 10 Gauss pretraining steps, one test
 # image (a 32 x 32 crop) and one task per table, a one-point tuning grid; budgets 2 and 4, seed 1 to
 # 2 steps, own settings at 4.

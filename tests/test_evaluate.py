@@ -364,3 +364,42 @@ def test_evaluate_channels_last_flag_is_the_same_maths(setup):
     settings = json.loads(out.with_suffix(".provenance.json").read_text())["config"]["settings"]
     assert settings["channels_last"] is False and settings["red_accel"] == "plain"
     assert pd.read_csv(out)["psnr"].tolist() == pytest.approx(plain["psnr"].tolist(), abs=1e-5)
+
+
+def test_reuse_copies_rows_only_for_the_same_weights_and_settings(setup, monkeypatch):
+    """--reuse: a checkpoint bit-identical to an evaluated one gets that evaluation's rows (no solve);
+    other weights, another seed or other tuned parameters are solved again."""
+    import json
+    import shutil
+
+    ev.evaluate(_settings(setup, "proposed_seed1", task="blur1.6"), progress=False)
+    earlier = setup["root"] / "eval" / "proposed_seed1" / "blur1.6.csv"
+    first = pd.read_csv(earlier)
+    twin = setup["root"] / "twin.pt"
+    shutil.copy(setup["prior"], twin)  # a budget checkpoint with the same weights
+    solved = []
+    original = ev.run_solver
+    monkeypatch.setattr(ev, "run_solver", lambda *a, **k: solved.append(1) or original(*a, **k))
+
+    def run(**kw):
+        settings = _settings(setup, "proposed", task="blur1.6", **kw)
+        settings = ev.replace(settings, prior=str(twin), out=str(setup["root"] / "reuse" / f"{len(solved)}.csv"))
+        return ev.evaluate(settings, progress=False, reuse=(setup["prior"], earlier)), settings
+
+    copied, settings = run()
+    assert not solved and list(copied["method"]) == ["proposed", "proposed"]
+    pd.testing.assert_frame_equal(copied.drop(columns="method"), first.drop(columns="method"))
+    record = json.loads(ev.Path(settings.out).with_suffix(".provenance.json").read_text())
+    assert record["reused"]["csv"] == str(earlier)
+    _, settings = run(seed=1)  # other noise: solved
+    assert len(solved) == 2
+    ok, why = ev.reusable(settings, ev.read_params(settings.params, "admm", "blur1.6"), setup["prior"], earlier)
+    assert not ok and "seed" in why
+    other = setup["root"] / "other.pt"
+    state = torch.load(setup["prior"], map_location="cpu", weights_only=False)
+    key = next(k for k, v in state["state_dict"].items() if v.is_floating_point())
+    state["state_dict"][key] = state["state_dict"][key] + 1e-6
+    torch.save(state, other)
+    ok, why = ev.reusable(ev.replace(settings, prior=str(other), seed=0),
+                          ev.read_params(settings.params, "admm", "blur1.6"), setup["prior"], earlier)
+    assert not ok and "weights" in why

@@ -97,6 +97,7 @@ use rule evaluate as budget_evaluate with:
         prior="results/{scale}/budget/models/{method}_s{seed}_{steps}.pt",
         params=lambda w: (f"results/{w.scale}/tuned_params.csv" if w.settings == "gauss" else
                           f"results/{w.scale}/budget/tuned_params_own/{w.method}_s{w.seed}_{w.steps}.csv"),
+        reuse=budget_reuse,
     output:
         "results/{scale}/budget/eval/{method}/s{seed}/{steps}/{settings}/{task}.csv",
     wildcard_constraints:
@@ -105,6 +106,7 @@ use rule evaluate as budget_evaluate with:
     params:
         save_dir="",
         budget_check="",
+        reuse=lambda w, input: f"--reuse {input.reuse[0]} {input.reuse[1]}" if input.reuse else "",
     log:
         "logs/{scale}/budget/evaluate/{method}/s{seed}/{steps}/{settings}/{task}.log",
     benchmark:

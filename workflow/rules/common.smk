@@ -244,6 +244,24 @@ def budget_id():
 BUDGET_ID = budget_id()
 
 
+def budget_reuse(w):
+    """[model, eval CSV] of `all`'s run that a budget checkpoint may equal bit for bit (same prior, seed
+    and steps, Gauss's settings: a run resumed through the smaller budgets is the run of `all`,
+    measured), so that evaluate --reuse copies those rows instead of solving again; [] otherwise or
+    with budget.reuse_main false.  evaluate checks the weights and settings before it copies."""
+    if not BUDGET["reuse_main"] or w.settings != "gauss" or int(w.steps) != int(PRIORS["mtdeq"]["steps"]):
+        return []
+    prior, seed = {"proposed": "mtdeq", "control": "gauss_budget"}[w.method], int(w.seed)
+    if seed == int(config["seed"]):
+        name = prior
+    elif seed in config["spread"]["seeds"] and prior in config["spread"]["priors"]:
+        name = f"{prior}_seed{seed}"
+    else:
+        return []
+    method = name.replace("mtdeq", SEEDED_METHOD["mtdeq"])
+    return [f"results/{w.scale}/models/{name}.pt", f"results/{w.scale}/eval/{method}/{w.task}.csv"]
+
+
 def budget_seed_evaluations(seed):
     """The eval CSVs of one seed: both priors at every budget up to its up_to with the Gauss prior's
     settings; the first seed also with each prior's own settings at its largest budget."""

@@ -184,6 +184,7 @@ rule evaluate:
             ("--budget-curve" if EVAL["budget_curve"] else "--budget-check") if w.method in ("red", "gauss") else ""
         ),
         device=device("evaluate"),
+        reuse="",  # budget_evaluate: --reuse <model> <csv> of all's run (evaluate --help)
     log:
         "logs/{scale}/evaluate/{method}/{task}.log",
     benchmark:
@@ -200,4 +201,4 @@ rule evaluate:
         " --task {wildcards.task} --images {params.images} --params {input.params}"
         " --out {output} {params.save_dir} {params.max_images} {params.crop}"
         " --seed {params.seed} --red-tol {params.red_tol} {params.budget_check} {params.channels_last} {params.red_accel}"
-        " --device {params.device} {params.protocol} > {log} 2>&1"
+        " --device {params.device} {params.protocol} {params.reuse} > {log} 2>&1"
