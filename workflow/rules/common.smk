@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 SCALE = config["scale"]
@@ -274,11 +275,24 @@ def budget_seed_evaluations(seed):
             for m, k, settings in runs for task in config["evaluate"]["tasks"]]
 
 
+def committed_budget_id(path):
+    """The budget_id of a committed rows CSV (its first row), or None when it has none."""
+    with open(path, newline="") as handle:
+        first = next(csv.DictReader(handle), None)
+    return None if first is None else first.get("budget_id")
+
+
 def budget_rows_files():
-    """One rows CSV per seed: the committed one in budget.rows when it is there, else this run's."""
+    """One rows CSV per seed: the committed one in budget.rows when it is there and was made with this
+    config (same budget_id: another scale's or an older config's rows are not this curve), else this
+    run's."""
     files = []
     for seed in BUDGET_SEEDS:
         committed = Path(BUDGET["rows"]) / f"s{seed}.csv" if BUDGET["rows"] else None
+        if committed is not None and committed.is_file() and committed_budget_id(committed) != budget_id():
+            print(f"budget.rows: {committed} has another budget_id than this config's {budget_id()}; "
+                  f"seed {seed} is run again", file=sys.stderr)
+            committed = None
         files.append(str(committed) if committed is not None and committed.is_file()
                      else f"{BUDGET_DIR}/rows/s{seed}.csv")
     return files
