@@ -27,7 +27,10 @@ Two stages, so that a seed is a target of its own whose rows survive the session
     (completion, deblurring, super-resolution), the mean margin over the seeds against the number
     of steps at Gauss's settings, the range over the seeds as a band, and the paper's Proposed -
     Gauss margin as a dotted line (the paper trained 134k steps; the line marks where it ended,
-    not a point of the curve).
+    not a point of the curve).  Where the curve flattens: ``trend.csv`` (TREND_COLUMNS) judges the
+    change of each group's margin between consecutive budgets with the same rule (paired on images
+    and seeds); ``extrapolation.csv`` (FIT_COLUMNS) fits a line in log2(steps) to the seed means and
+    evaluates it at --paper-steps; both are the last section of ``margins.md``.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class BudgetSettings:
     tolerance: str | None = None  # tolerance.yaml of the reference (mtdeq.tolerance); None/absent -> fallback
     task_margins: str | None = None  # per-column verdicts CSV; None -> margins_per_task.csv beside --margins
     budget_id: str | None = None  # every rows file must carry this one (None: they must agree with each other)
+    paper_steps: float | None = None  # the paper's training crops in this run's steps (extrapolation); None: none
 
 
 def _image_rows(path: Path) -> pd.DataFrame:
@@ -305,6 +309,128 @@ def plot(per_task: pd.DataFrame, paper: dict[str, float], path: str | Path, *, s
     write_png_figure(path, fig)
 
 
+TREND_COLUMNS = ["comparison", "group", "table", "from_steps", "to_steps", "n_seeds", "n_images", "change", "ci_low",
+                 "ci_high", "tolerance", "verdict", "seed_sd"]
+FIT_COLUMNS = ["comparison", "group", "budgets", "margin_last", "slope_per_doubling", "paper_steps",
+               "extrapolated", "paper_margin", "steps_to_paper"]
+TRENDS = ("proposed-gauss", "proposed-control")
+
+
+def group_image_margins(images: pd.DataFrame) -> pd.DataFrame:
+    """Per (steps, seed, comparison, group, image): the comparison's PSNR margin on that image, averaged
+    over the group's tasks (Gauss's settings only; Gauss is the steps-0 row of every budget)."""
+    runs = images[(images["prior"] != "gauss") & (images["settings"] == "gauss")]
+    gauss = images[images["prior"] == "gauss"].set_index(["task", "image"])["psnr"]
+    wide = runs.pivot_table(index=["steps", "seed", "task", "image"], columns="prior", values="psnr").reset_index()
+    wide["gauss"] = gauss.reindex(pd.MultiIndex.from_frame(wide[["task", "image"]])).to_numpy()
+    frames = []
+    for name in TRENDS:
+        ahead, behind = COMPARISONS[name]
+        if ahead not in wide or behind not in wide:
+            continue
+        part = wide[["steps", "seed", "task", "image"]].assign(comparison=name, group=wide["task"].map(group_of),
+                                                              margin=wide[ahead] - wide[behind])
+        frames.append(part.dropna(subset=["margin"]))
+    if not frames:
+        return pd.DataFrame(columns=["steps", "seed", "comparison", "group", "image", "margin"])
+    return (pd.concat(frames).groupby(["steps", "seed", "comparison", "group", "image"], sort=True)["margin"]
+            .mean().reset_index())
+
+
+def trend(images: pd.DataFrame, tolerance: Tolerance, **bootstrap) -> pd.DataFrame:
+    """Does the margin still grow?  For each comparison (Proposed − Gauss, Proposed − control) and column
+    group, the change of the group's margin between consecutive budgets (TREND_COLUMNS), paired on the
+    images and on the seeds that reached both budgets (each seed's later model against its own earlier
+    one), with the verdict rule of mtdeq.verdict: W = still growing, T = flat within the interval or
+    τ, L = shrinking.  τ = the tolerance of the Proposed row in the group's table (its reproducibility
+    across CPUs); seed_sd = the spread of the per-seed changes (NaN with one seed)."""
+    per_image = group_image_margins(images)
+    table_of = images.drop_duplicates("task").assign(group=lambda f: f["task"].map(group_of))
+    table_of = table_of.groupby("group")["table"].first().to_dict()
+    steps = sorted(set(per_image["steps"]))
+    records = []
+    for (name, group), rows in per_image.groupby(["comparison", "group"], sort=True):
+        table = table_of[group]
+        tau = vd.margin_tolerance(tolerance, table, TOLERANCE_ROW["proposed"],
+                                  TOLERANCE_ROW["control" if name == "proposed-control" else "proposed"])
+        for low, high in zip(steps, steps[1:]):
+            seeds = sorted(set(rows.loc[rows["steps"] == low, "seed"]) & set(rows.loc[rows["steps"] == high, "seed"]))
+            if not seeds:
+                continue
+            later = rows[(rows["steps"] == high) & rows["seed"].isin(seeds)].rename(columns={"margin": "psnr"})
+            earlier = rows[(rows["steps"] == low) & rows["seed"].isin(seeds)].rename(columns={"margin": "psnr"})
+            change = vd.paired_margin(later, earlier, tolerance=tau, prior_name=f"{high}", baseline_name=f"{low}",
+                                      table=table, task=group, **bootstrap)
+            per_seed = [float(later[later["seed"] == s]["psnr"].mean() - earlier[earlier["seed"] == s]["psnr"].mean())
+                        for s in seeds]
+            records.append({"comparison": name, "group": group, "table": table, "from_steps": low, "to_steps": high,
+                            "n_seeds": len(seeds), "n_images": change.n_images, "change": change.margin,
+                            "ci_low": change.ci_low, "ci_high": change.ci_high, "tolerance": tau,
+                            "verdict": change.verdict,
+                            "seed_sd": float(pd.Series(per_seed).std(ddof=1)) if len(seeds) > 1 else float("nan")})
+    frame = pd.DataFrame(records, columns=TREND_COLUMNS)
+    return frame.sort_values("comparison", key=lambda c: c.map(TRENDS.index), kind="stable", ignore_index=True)
+
+
+def extrapolate(images: pd.DataFrame, paper_steps: float | None, paper: dict[str, float]) -> pd.DataFrame:
+    """A straight line in log2(steps) through the seed-mean group margins at every budget (least squares),
+    evaluated at ``paper_steps`` (the paper's training crops in this run's steps) and solved for the
+    steps at which it would reach the paper's group margin (Proposed − Gauss only; NaN when the slope
+    is not positive).  FIT_COLUMNS.  A description of the measured points, not a prediction."""
+    import numpy as np
+
+    per_image = group_image_margins(images)
+    means_ = per_image.groupby(["comparison", "group", "steps", "seed"])["margin"].mean().groupby(
+        ["comparison", "group", "steps"]).mean().reset_index()
+    records = []
+    for (name, group), rows in means_.groupby(["comparison", "group"], sort=True):
+        rows = rows.sort_values("steps")
+        if len(rows) < 2:
+            continue
+        x, y = np.log2(rows["steps"].to_numpy(float)), rows["margin"].to_numpy(float)
+        slope, intercept = np.polyfit(x, y, 1)
+        target = paper.get(group, float("nan")) if name == "proposed-gauss" else float("nan")
+        reach = 2.0 ** ((target - intercept) / slope) if slope > 0 and np.isfinite(target) else float("nan")
+        records.append({"comparison": name, "group": group, "budgets": "/".join(str(int(k)) for k in rows["steps"]),
+                        "margin_last": float(y[-1]), "slope_per_doubling": float(slope),
+                        "paper_steps": float(paper_steps) if paper_steps else float("nan"),
+                        "extrapolated": float(intercept + slope * np.log2(paper_steps)) if paper_steps else float("nan"),
+                        "paper_margin": target, "steps_to_paper": reach})
+    frame = pd.DataFrame(records, columns=FIT_COLUMNS)
+    return frame.sort_values("comparison", key=lambda c: c.map(TRENDS.index), kind="stable", ignore_index=True)
+
+
+def trend_markdown(changes: pd.DataFrame, fit: pd.DataFrame, scale: str = "") -> str:
+    """The "where does it flatten?" section of margins.md: the changes between budgets and the fit."""
+    lines = [f"## Where does the curve flatten?{f' — scale {scale}' if scale else ''}", "",
+             "Change of the mean margin over each column group between consecutive budgets, Gauss's settings, "
+             "paired on the images and on the seeds that reached both budgets, dB [95 % bootstrap interval over "
+             "the images]: W = still growing (interval above 0 and change > τ), T = flat within the noise, "
+             "L = shrinking. seed sd: the spread of the per-seed changes.", "",
+             "| Comparison | Group | Steps | Seeds | Change [95 % interval] | τ | Verdict | seed sd |",
+             "|---|---|---|---:|---:|---:|---|---:|"]
+    for r in changes.itertuples(index=False):
+        sd = "—" if pd.isna(r.seed_sd) else f"{r.seed_sd:.2f}"
+        lines.append(f"| {NAMES[r.comparison]} | {r.group} | {r.from_steps} → {r.to_steps} | {r.n_seeds} | "
+                     f"{r.change:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | {r.tolerance:.2f} | "
+                     f"{vd.LETTER[r.verdict]} | {sd} |")
+    if len(fit):
+        paper_steps = fit["paper_steps"].iloc[0]
+        lines += ["", "A straight line in log2(steps) through the seed-mean group margins (least squares over the "
+                  "budgets), evaluated at the paper's training budget"
+                  + (f" ({paper_steps:,.0f} steps of this run's batch: the paper's crops)" if pd.notna(paper_steps)
+                     else "") + ", and the steps at which it would reach the paper's margin:", "",
+                  "| Comparison | Group | Budgets | Margin at the last | Slope per doubling | At the paper's budget "
+                  "| Paper | Steps to the paper's margin |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in fit.itertuples(index=False):
+            def num(v, fmt):
+                return "—" if pd.isna(v) else format(v, fmt)
+            lines.append(f"| {NAMES[r.comparison]} | {r.group} | {r.budgets} | {r.margin_last:+.2f} | "
+                         f"{r.slope_per_doubling:+.3f} | {num(r.extrapolated, '+.2f')} | {num(r.paper_margin, '+.2f')} "
+                         f"| {num(r.steps_to_paper, ',.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
 NAMES = {"proposed-gauss": "Proposed − Gauss", "proposed-control": "Proposed − control",
          "control-gauss": "control − Gauss"}
 
@@ -367,24 +493,32 @@ def run(settings: BudgetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     margin = margins(per_task)
     paper = paper_margins(settings.paper)
     plot(per_task, paper_group_margins(settings.paper), settings.figure, scale=settings.scale)
+    changes = trend(images, tolerance)
+    fit = extrapolate(images, settings.paper_steps, paper_group_margins(settings.paper))
     atomic_write_text(Path(settings.margins).with_suffix(".md"),
-                      to_markdown(margin, paper, settings.scale, per_task, tolerance))
+                      to_markdown(margin, paper, settings.scale, per_task, tolerance) + "\n"
+                      + trend_markdown(changes, fit, settings.scale))
     atomic_write_text(settings.out, budget.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(task_margins_path(settings), per_task.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(settings.margins, margin.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(Path(settings.margins).with_name("trend.csv"), changes.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(Path(settings.margins).with_name("extrapolation.csv"),
+                      fit.to_csv(index=False, float_format="%.4f"))
     return budget, margin
 
 
 def _run(args: argparse.Namespace) -> int:
     settings = BudgetSettings(rows=tuple(args.rows), gauss_dir=args.gauss_dir, paper=args.paper, out=args.out,
                               margins=args.margins, figure=args.figure, seed=args.seed, scale=args.scale,
-                              tolerance=args.tolerance, task_margins=args.task_margins, budget_id=args.budget_id)
+                              tolerance=args.tolerance, task_margins=args.task_margins, budget_id=args.budget_id,
+                              paper_steps=args.paper_steps)
     _, margin = run(settings)
     print(f"tolerance of the verdicts: {tolerance_or_fallback(settings.tolerance).source}")
     for _, r in margin.iterrows():
         print(f"steps {r['steps']:>6} seed {r['seed']} {r['settings']:5} {r['table']} {r['comparison']:16} "
               f"{r['mean_margin']:+.3f} dB, W/T/L {r['wins']}/{r['ties']}/{r['losses']} of {r['n_tasks']}")
-    print(f"wrote {settings.out}, {settings.margins}, {task_margins_path(settings)}, {settings.figure}")
+    print(f"wrote {settings.out}, {settings.margins} (+ trend.csv, extrapolation.csv beside it), "
+          f"{task_margins_path(settings)}, {settings.figure}")
     return 0
 
 
@@ -427,4 +561,7 @@ def register(subparsers) -> None:
     p.add_argument("--task-margins", default=None,
                    help="per-column margins with intervals and verdicts to write (default: margins_per_task.csv "
                    "beside --margins)")
+    p.add_argument("--paper-steps", type=float, default=None,
+                   help="the paper's training budget in this run's steps (its steps x batch / this batch): where "
+                   "extrapolation.csv evaluates the straight line in log2(steps); default: not evaluated")
     p.set_defaults(func=_run)

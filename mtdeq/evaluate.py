@@ -279,14 +279,15 @@ def _plain(value):
 
 def reusable(settings: EvalSettings, params: SolverParams, prior: str | Path, csv: str | Path) -> tuple[bool, str]:
     """Whether ``csv`` (an earlier evaluation of checkpoint ``prior``) holds exactly the rows that
-    ``settings`` would compute: (True, "") or (False, what differs)."""
+    ``settings`` would compute: (True, the weights' SHA-256) or (False, what differs)."""
     from mtdeq.fingerprint import weights_digest
     from mtdeq.runtime import precision_name
 
     csv, sidecar = Path(csv), Path(csv).with_suffix(".provenance.json")
     if not csv.is_file() or not sidecar.is_file():
         return False, f"{csv} or its provenance file is missing"
-    if weights_digest(prior) != weights_digest(settings.prior):
+    digest = weights_digest(prior)
+    if digest != weights_digest(settings.prior):
         return False, f"the weights of {prior} and {settings.prior} differ"
     record = json.loads(sidecar.read_text())
     earlier = record.get("config", {}).get("settings", {})
@@ -296,7 +297,7 @@ def reusable(settings: EvalSettings, params: SolverParams, prior: str | Path, cs
         differ.append("tuned parameters")
     if record.get("precision") != precision_name():
         differ.append("precision")
-    return (False, f"{csv} was evaluated with another {', '.join(differ)}") if differ else (True, "")
+    return (False, f"{csv} was evaluated with another {', '.join(differ)}") if differ else (True, digest)
 
 
 def evaluate(settings: EvalSettings, *, progress: bool = True,
@@ -320,7 +321,7 @@ def evaluate(settings: EvalSettings, *, progress: bool = True,
     if reuse is not None:
         same, why = reusable(settings, params, *reuse)
         if same:
-            return _copy_rows(settings, params, *reuse)
+            return _copy_rows(settings, params, *reuse, digest=why)
         print(f"--reuse: solving, since {why}")
     denoiser, backbone = load_prior(settings.prior)
     device = resolve_device(settings.device)
@@ -369,9 +370,10 @@ def evaluate(settings: EvalSettings, *, progress: bool = True,
     return table
 
 
-def _copy_rows(settings: EvalSettings, params: SolverParams, prior: str | Path, csv: str | Path) -> pd.DataFrame:
-    """The rows of ``csv`` under this method's name, with a provenance record that says so."""
-    from mtdeq.fingerprint import weights_digest
+def _copy_rows(settings: EvalSettings, params: SolverParams, prior: str | Path, csv: str | Path, *,
+               digest: str) -> pd.DataFrame:
+    """The rows of ``csv`` under this method's name, with a provenance record that says so (``digest``:
+    the SHA-256 of the weights that ``reusable`` found equal)."""
     from mtdeq.io import atomic_write_text, provenance
 
     table = pd.read_csv(csv)[CSV_COLUMNS].assign(method=settings.method)
@@ -379,7 +381,7 @@ def _copy_rows(settings: EvalSettings, params: SolverParams, prior: str | Path, 
     atomic_write_text(out, table.to_csv(index=False, float_format="%.6f"))
     source = json.loads(Path(csv).with_suffix(".provenance.json").read_text())
     record = provenance({"settings": asdict(settings), "params": asdict(params)})
-    record["reused"] = {"csv": str(csv), "prior": str(prior), "weights_sha256": weights_digest(prior),
+    record["reused"] = {"csv": str(csv), "prior": str(prior), "weights_sha256": digest,
                         "evaluated_at": {k: source.get(k) for k in ("git_commit", "utc_time", "cpu_capability")}}
     atomic_write_text(out.with_suffix(".provenance.json"), json.dumps(record, indent=2) + "\n")
     print(f"--reuse: {settings.prior} has the weights of {prior}: rows copied from {csv}")

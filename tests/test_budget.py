@@ -245,6 +245,16 @@ def test_budget_target_runs_end_to_end_and_its_budgets_are_one_run(tmp_path):
                                                                  (2, 1, "gauss"))
         for table in tasks for comparison in ("proposed-gauss", "control-gauss", "proposed-control")}
     assert (out / "budget.png").stat().st_size > 10_000 and (out / "margins.md").is_file()
+    trend = pd.read_csv(out / "trend.csv")  # 2 -> 4 steps, seed 0 only (seed 1 stops at 2)
+    assert set(trend[["comparison", "group", "from_steps", "to_steps", "n_seeds"]].itertuples(index=False, name=None)) == {
+        (c, g, 2, 4, 1) for c in ("proposed-gauss", "proposed-control") for g in ("completion", "super-resolution")}
+    fit = pd.read_csv(out / "extrapolation.csv")
+    import yaml
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    ci = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())["deq"]
+    assert set(fit["budgets"]) == {"2/4"} and len(fit) == 4
+    assert fit["paper_steps"].eq(paper["priors"]["mtdeq"]["steps"] * paper["deq"]["batch_size"]
+                                 / (ci["batch_size"] * ci.get("accum", 1))).all()
 
     # one run per prior and seed: rerun the 4-step MTDEQ job's command alone, from scratch
     chained = torch.load(out / "models" / "proposed_s0_4.pt", map_location="cpu", weights_only=False)

@@ -83,3 +83,47 @@ def test_budget_verdicts_use_the_tolerance_file(tmp_path):
     assert t1.loc[("proposed-control", "comp80"), "verdict"] == vd.TIE
     assert set(t1.loc["control-gauss", "verdict"]) == {vd.LOSS}  # control -> gauss_budget: default 0.05
     assert str(tolerance) in (tmp_path / "m.md").read_text()
+
+
+def test_trend_says_growing_then_flat_and_the_fit_is_the_line_through_the_seed_means(tmp_path):
+    # Proposed − Gauss: +0.2 at 100 (seeds 0, 1), +0.6 at 400 (both seeds), +0.6 ± noise at 1,600 (seed 0):
+    # a clear rise 100 -> 400 (W), then flat (T); the control stays at −0.1 so Proposed − control follows
+    runs = {}
+    for seed in (0, 1):
+        runs[("proposed", seed, 100, "gauss")] = lambda t, s=seed: 0.2 + 0.01 * s + 0.02 * Z
+        runs[("proposed", seed, 400, "gauss")] = lambda t, s=seed: 0.6 + 0.01 * s + 0.02 * Z
+        for steps in (100, 400):
+            runs[("control", seed, steps, "gauss")] = lambda t: -0.1 + 0.0 * Z
+    runs[("proposed", 0, 1600, "gauss")] = lambda t: 0.6 + 0.3 * Z  # same mean, image noise: flat
+    runs[("control", 0, 1600, "gauss")] = lambda t: -0.1 + 0.0 * Z
+    settings = _layout(tmp_path, runs)
+    from dataclasses import replace
+
+    run(replace(settings, paper_steps=1_074_256))
+    changes = pd.read_csv(tmp_path / "trend.csv")
+    from mtdeq.budget import FIT_COLUMNS, TREND_COLUMNS
+    assert list(changes.columns) == TREND_COLUMNS
+    by = changes.set_index(["comparison", "group", "from_steps"])
+    for group in ("completion", "deblurring", "super-resolution"):
+        first = by.loc[("proposed-gauss", group, 100)]
+        assert first["n_seeds"] == 2 and abs(first["change"] - 0.4) < 1e-6 and first["verdict"] == vd.WIN
+        assert abs(first["seed_sd"]) < 1e-6  # both seeds rise by the same 0.4
+        last = by.loc[("proposed-gauss", group, 400)]
+        assert last["n_seeds"] == 1 and abs(last["change"]) < 1e-6 and last["verdict"] == vd.TIE
+        assert last["ci_low"] < 0 < last["ci_high"] and np.isnan(last["seed_sd"])
+        assert abs(by.loc[("proposed-control", group, 100), "change"] - 0.4) < 1e-6
+    fit = pd.read_csv(tmp_path / "extrapolation.csv")
+    assert list(fit.columns) == FIT_COLUMNS
+    row = fit[(fit["comparison"] == "proposed-gauss") & (fit["group"] == "completion")].iloc[0]
+    # least squares through (log2 100, 0.205), (log2 400, 0.605), (log2 1600, 0.6): slope per doubling
+    x = np.log2([100, 400, 1600])
+    slope, intercept = np.polyfit(x, [0.205, 0.605, 0.6], 1)
+    assert row["budgets"] == "100/400/1600" and abs(row["slope_per_doubling"] - slope) < 1e-4
+    assert abs(row["extrapolated"] - (intercept + slope * np.log2(1_074_256))) < 1e-3
+    assert abs(row["margin_last"] - 0.6) < 1e-4
+    paper = row["paper_margin"]
+    assert np.isfinite(paper) and abs(row["steps_to_paper"] - 2 ** ((paper - intercept) / slope)) / row["steps_to_paper"] < 1e-3
+    md = (tmp_path / "m.md").read_text()
+    assert "## Where does the curve flatten? — scale test" in md
+    assert "| Proposed − Gauss | completion | 400 → 1600 | 1 | " in md and "1,074,256 steps" in md
+    assert md.index("| Proposed − Gauss | completion | 100 → 400") < md.index("| Proposed − control | completion")

@@ -391,6 +391,8 @@ def test_reuse_copies_rows_only_for_the_same_weights_and_settings(setup, monkeyp
     pd.testing.assert_frame_equal(copied.drop(columns="method"), first.drop(columns="method"))
     record = json.loads(ev.Path(settings.out).with_suffix(".provenance.json").read_text())
     assert record["reused"]["csv"] == str(earlier)
+    from mtdeq.fingerprint import weights_digest
+    assert record["reused"]["weights_sha256"] == weights_digest(setup["prior"])
     _, settings = run(seed=1)  # other noise: solved
     assert len(solved) == 2
     ok, why = ev.reusable(settings, ev.read_params(settings.params, "admm", "blur1.6"), setup["prior"], earlier)

@@ -149,6 +149,8 @@ rule budget:
         margins=f"{BUDGET_DIR}/margins.csv",
         margins_md=f"{BUDGET_DIR}/margins.md",
         task_margins=f"{BUDGET_DIR}/margins_per_task.csv",
+        trend=f"{BUDGET_DIR}/trend.csv",
+        extrapolation=f"{BUDGET_DIR}/extrapolation.csv",
         figure=report(f"{BUDGET_DIR}/budget.png", caption="../report/budget.rst", category="Budget"),
     params:
         seed=config["seed"],
@@ -156,6 +158,7 @@ rule budget:
         gauss_dir=lambda w, input: Path(input.gauss[0]).parent,
         scale=SCALE,
         tolerance=tolerance_option,
+        paper_steps=PAPER_STEPS_HERE,
     log:
         f"logs/{SCALE}/budget/budget.log",
     threads: RES["report"]["threads"]
@@ -168,4 +171,5 @@ rule budget:
         "python -m mtdeq budget --rows {input.rows} --budget-id {params.budget_id} --gauss-dir {params.gauss_dir}"
         " --paper {input.paper} --out {output.csv} --margins {output.margins} --figure {output.figure}"
         " --task-margins {output.task_margins} --seed {params.seed} --scale {params.scale}"
+        " --paper-steps {params.paper_steps}"
         " --tolerance {params.tolerance} > {log} 2>&1"

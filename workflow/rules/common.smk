@@ -207,6 +207,21 @@ def early_tol_option(*overrides):
     return f"--early-tol {deq_setting('early_tol', *overrides)} --early-steps {steps}" if steps else ""
 
 
+def paper_steps_here(paper_config="config/paper.yaml"):
+    """The paper's MTDEQ training budget in this config's budget steps: its crops (priors.mtdeq.steps x
+    deq.batch_size x deq.accum of config/paper.yaml) over the crops of one budget step here (where
+    mtdeq budget evaluates the straight-line extrapolation)."""
+    import yaml
+
+    with open(paper_config) as handle:
+        paper = yaml.safe_load(handle)
+    crops = paper["priors"]["mtdeq"]["steps"] * paper["deq"]["batch_size"] * paper["deq"].get("accum", 1)
+    return crops / (deq_setting("batch_size", BUDGET["deq"]) * deq_setting("accum", BUDGET["deq"]))
+
+
+PAPER_STEPS_HERE = paper_steps_here()
+
+
 def budget_previous(w):
     """The model of the run's previous budget (the job that leaves the shared state behind), if any."""
     earlier = [k for k in BUDGET_STEPS if k < int(w.steps)]
@@ -254,13 +269,13 @@ def budget_reuse(w):
         return []
     prior, seed = {"proposed": "mtdeq", "control": "gauss_budget"}[w.method], int(w.seed)
     if seed == int(config["seed"]):
-        name = prior
+        suffix = ""
     elif seed in config["spread"]["seeds"] and prior in config["spread"]["priors"]:
-        name = f"{prior}_seed{seed}"
+        suffix = f"_seed{seed}"
     else:
         return []
-    method = name.replace("mtdeq", SEEDED_METHOD["mtdeq"])
-    return [f"results/{w.scale}/models/{name}.pt", f"results/{w.scale}/eval/{method}/{w.task}.csv"]
+    return [f"results/{w.scale}/models/{prior}{suffix}.pt",
+            f"results/{w.scale}/eval/{SEEDED_METHOD[prior]}{suffix}/{w.task}.csv"]
 
 
 def budget_seed_evaluations(seed):
@@ -286,11 +301,11 @@ def budget_rows_files():
     """One rows CSV per seed: the committed one in budget.rows when it is there and was made with this
     config (same budget_id: another scale's or an older config's rows are not this curve), else this
     run's."""
-    files = []
+    files, ours = [], budget_id()
     for seed in BUDGET_SEEDS:
         committed = Path(BUDGET["rows"]) / f"s{seed}.csv" if BUDGET["rows"] else None
-        if committed is not None and committed.is_file() and committed_budget_id(committed) != budget_id():
-            print(f"budget.rows: {committed} has another budget_id than this config's {budget_id()}; "
+        if committed is not None and committed.is_file() and committed_budget_id(committed) != ours:
+            print(f"budget.rows: {committed} has another budget_id than this config's {ours}; "
                   f"seed {seed} is run again", file=sys.stderr)
             committed = None
         files.append(str(committed) if committed is not None and committed.is_file()
