@@ -196,6 +196,8 @@ def run_bench(args) -> int:
     init = None if str(args.init).lower() == "none" else args.init
     if init is not None and not Path(init).exists():
         raise FileNotFoundError(f"--init {init}: weights file not found (pass --init none for random weights)")
+    if init is None:
+        torch.manual_seed(args.seed)  # random weights from --seed, not from whatever ran before in the process
     base = load_prior(init, backbone=backbone)[0] if init else build_backbone(backbone)
     data = open_dataset(args.train_dirs, args.crop)
     common = dict(stage="", solver="", backbone=args.backbone, nc=" ".join(map(str, args.nc)), nb=args.nb,
