@@ -337,14 +337,14 @@ def group_image_margins(images: pd.DataFrame) -> pd.DataFrame:
             .mean().reset_index())
 
 
-def trend(images: pd.DataFrame, tolerance: Tolerance, **bootstrap) -> pd.DataFrame:
+def trend(images: pd.DataFrame, per_image: pd.DataFrame, tolerance: Tolerance, **bootstrap) -> pd.DataFrame:
     """Does the margin still grow?  For each comparison (Proposed − Gauss, Proposed − control) and column
     group, the change of the group's margin between consecutive budgets (TREND_COLUMNS), paired on the
     images and on the seeds that reached both budgets (each seed's later model against its own earlier
     one), with the verdict rule of mtdeq.verdict: W = still growing, T = flat within the interval or
     τ, L = shrinking.  τ = the tolerance of the Proposed row in the group's table (its reproducibility
-    across CPUs); seed_sd = the spread of the per-seed changes (NaN with one seed)."""
-    per_image = group_image_margins(images)
+    across CPUs); seed_sd = the spread of the per-seed changes (NaN with one seed).  ``per_image``:
+    group_image_margins(images); ``images`` gives each group's table."""
     table_of = images.drop_duplicates("task").assign(group=lambda f: f["task"].map(group_of))
     table_of = table_of.groupby("group")["table"].first().to_dict()
     steps = sorted(set(per_image["steps"]))
@@ -372,14 +372,14 @@ def trend(images: pd.DataFrame, tolerance: Tolerance, **bootstrap) -> pd.DataFra
     return frame.sort_values("comparison", key=lambda c: c.map(TRENDS.index), kind="stable", ignore_index=True)
 
 
-def extrapolate(images: pd.DataFrame, paper_steps: float | None, paper: dict[str, float]) -> pd.DataFrame:
-    """A straight line in log2(steps) through the seed-mean group margins at every budget (least squares),
+def extrapolate(per_image: pd.DataFrame, paper_steps: float | None, paper: dict[str, float]) -> pd.DataFrame:
+    """A straight line in log2(steps) through the seed-mean group margins (``per_image``:
+    group_image_margins) at every budget (least squares),
     evaluated at ``paper_steps`` (the paper's training crops in this run's steps) and solved for the
     steps at which it would reach the paper's group margin (Proposed − Gauss only; NaN when the slope
     is not positive).  FIT_COLUMNS.  A description of the measured points, not a prediction."""
     import numpy as np
 
-    per_image = group_image_margins(images)
     means_ = per_image.groupby(["comparison", "group", "steps", "seed"])["margin"].mean().groupby(
         ["comparison", "group", "steps"]).mean().reset_index()
     records = []
@@ -493,8 +493,9 @@ def run(settings: BudgetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     margin = margins(per_task)
     paper = paper_margins(settings.paper)
     plot(per_task, paper_group_margins(settings.paper), settings.figure, scale=settings.scale)
-    changes = trend(images, tolerance)
-    fit = extrapolate(images, settings.paper_steps, paper_group_margins(settings.paper))
+    per_image = group_image_margins(images)
+    changes = trend(images, per_image, tolerance)
+    fit = extrapolate(per_image, settings.paper_steps, paper_group_margins(settings.paper))
     atomic_write_text(Path(settings.margins).with_suffix(".md"),
                       to_markdown(margin, paper, settings.scale, per_task, tolerance) + "\n"
                       + trend_markdown(changes, fit, settings.scale))
