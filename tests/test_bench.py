@@ -250,9 +250,100 @@ def test_k_stable_is_the_smallest_k_whose_doubling_changes_little():
     assert k_stable({5: 20.0, 10: 25.0}, 0.1) is None
 
 
-def test_bench_eval_and_red_are_registered():
+def test_bench_eval_red_and_floor_are_registered():
     from mtdeq.cli import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["bench", "red", "--tasks", "comp90"]).tasks == ["comp90"]
     assert parser.parse_args(["bench", "eval", "--threads", "1"]).threads == 1
+    assert parser.parse_args(["bench", "floor", "--cores", "4"]).cores == 4
+
+
+def test_conv_macs_counts_ffdnet_and_drunet_convolutions_exactly():
+    """FFDNet: every conv at half resolution, 9 (13 nc + (nb-2) nc^2 + 12 nc) MACs per half-res pixel; a
+    DRUNet's transposed convolutions are counted on their input; odd sizes are padded as the forward pads."""
+    import torch
+
+    from mtdeq.bench.floor import conv_macs
+    from mtdeq.models import BackboneConfig, build_backbone
+    from mtdeq.models.ffdnet import FFDNet
+
+    nc, nb = 8, 4
+    per_half_pixel = 9 * (13 * nc + (nb - 2) * nc * nc + nc * 12)  # in: 4 x 3 unshuffled + 1 noise channel
+    assert conv_macs(FFDNet(nc=nc, nb=nb), (1, 3, 16, 24)) == per_half_pixel * 8 * 12
+    assert conv_macs(FFDNet(nc=nc, nb=nb), (2, 3, 15, 24)) == 2 * per_half_pixel * 8 * 12  # 15 -> padded 16
+    drunet = build_backbone(BackboneConfig(name="drunet", nc=(4, 8, 16, 32), nb=1))
+    hooks = []
+    counted = {"macs": 0}
+
+    def hook(module, inputs, output):  # a real forward, counted independently of conv_macs
+        kh, kw = module.kernel_size
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            counted["macs"] += inputs[0].numel() * module.out_channels * kh * kw
+        else:
+            counted["macs"] += output.numel() * module.in_channels * kh * kw
+
+    for m in drunet.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        drunet(torch.rand(1, 3, 16, 16), torch.full((1,), 0.1))
+    for h in hooks:
+        h.remove()
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in drunet.modules())
+    assert conv_macs(drunet, (1, 3, 16, 16)) == counted["macs"] > 0
+
+
+def test_floor_counts_admm_k_plus_2k_red_2k_and_maps_seeds_to_their_jobs():
+    import pandas as pd
+
+    from mtdeq.bench.floor import FLOOR_COLUMNS, evaluation_forwards, floor_table
+
+    per_image = pd.DataFrame([
+        {"method": "gauss", "task": "t", "image": "a", "seed": 0, "iterations": 10, "iterations_2x": 20},
+        {"method": "red", "task": "t", "image": "a", "seed": 0, "iterations": 10, "iterations_2x": 14},  # stopped at 14
+        {"method": "proposed", "task": "t", "image": "a", "seed": 0, "iterations": 10, "iterations_2x": None},
+        {"method": "proposed", "task": "t", "image": "b", "seed": 1, "iterations": 10, "iterations_2x": None},
+    ])
+    assert evaluation_forwards(per_image).tolist() == [30, 14, 10, 10]
+    timings = pd.DataFrame([{"rule": "evaluate", "job": "gauss/t", "seconds": 7.0},
+                            {"rule": "evaluate", "job": "proposed_seed1/t", "seconds": 3.0},
+                            {"rule": "train_deq", "job": "mtdeq", "seconds": 11.0},
+                            {"rule": "TOTAL", "job": "", "seconds": 21.0}])
+    macs = {("t", "a"): 2e9, ("t", "b"): 1e9}  # 2 and 1 GMAC per forward
+    table = floor_table(per_image, timings, macs, {"forward": 10.0, "gemm": 20.0}, threads=1, cores=2)
+    assert list(table.columns) == FLOOR_COLUMNS
+    rows = table.set_index(["kind", "name"])
+    assert rows.loc[("evaluate", "gauss"), "gmac"] == 60 and rows.loc[("evaluate", "gauss"), "job_s"] == 7
+    assert rows.loc[("evaluate", "proposed_seed1"), "gmac"] == 10 and rows.loc[("evaluate", "proposed_seed1"), "job_s"] == 3
+    assert rows.loc[("evaluate", "red"), "s_at_gemm_rate"] == 28 / 20
+    assert rows.loc[("other", "train_deq"), "job_s"] == 11 and ("other", "TOTAL") not in rows.index
+    total = rows.loc[("total", "evaluate")]
+    assert total["gmac"] == 60 + 28 + 20 + 10 and total["s_at_forward_rate"] == 118 / 10
+    assert total["wall_min_at_gemm_rate"] == 118 / 20 / 2 / 60 and total["forwards"] == 30 + 14 + 10 + 10
+
+
+def test_bench_floor_runs_on_a_reference_folder(images, prior, tmp_path):
+    """Plumbing of ``bench floor``: per_image.csv + timings.csv of a reference, a tiny prior; a missing
+    file of the reference is a clear error."""
+    import pandas as pd
+
+    from mtdeq.bench.floor import add_floor_args, run_floor
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    names = [p.stem for p in sorted(images.iterdir())][:2]
+    pd.DataFrame([{"method": "gauss", "task": "blur1.6", "image": n, "seed": 0, "iterations": 3, "iterations_2x": 6}
+                  for n in names]).to_csv(ref / "per_image.csv", index=False)
+    parser = argparse.ArgumentParser()
+    add_floor_args(parser)
+    argv = ["--reference", str(ref), "--images", str(images), "--prior", str(prior), "--image",
+            str(sorted(images.iterdir())[0]), "--size", "32", "--gemm-size", "64", "--repeats", "1",
+            "--out", str(tmp_path / "floor.csv")]
+    with pytest.raises(SystemExit, match="timings.csv not found"):
+        run_floor(parser.parse_args(argv))
+    pd.DataFrame([{"rule": "evaluate", "job": "gauss/blur1.6", "seconds": 1.0}]).to_csv(ref / "timings.csv", index=False)
+    assert run_floor(parser.parse_args(argv)) == 0
+    table = pd.read_csv(tmp_path / "floor.csv")
+    total = table[table["kind"] == "total"].iloc[0]
+    assert total["forwards"] == 18 and total["gmac"] > 0 and (table.loc[table["kind"] == "rate", "gmac_per_s"] > 0).all()

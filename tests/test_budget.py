@@ -171,6 +171,34 @@ def test_budget_target_trains_one_run_per_prior_and_seed_job_by_job():
     assert f"--rows results/ci/budget/rows/s0.csv results/ci/budget/rows/s1.csv --budget-id {stamps[0][1]}" in text
 
 
+def test_committed_seed_rows_are_used_only_when_they_reach_the_seeds_up_to(tmp_path):
+    """budget.rows: a committed seed file of this config's budget_id is read instead of training the seed,
+    unless it lacks a budget up to the seed's up_to (a seed committed at 4 steps and now asked for 8 is
+    run, saying why); a file of another budget_id is run again."""
+    def plan(*overlays):
+        out = subprocess.run([sys.executable, "-m", "snakemake", "budget", "-n", "-p", "--forceall", "--nolock",
+                              "--configfile", "config/ci.yaml", *overlays], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr + out.stdout
+        return out.stdout + out.stderr
+
+    (ours,) = set(re.findall(r"budget-rows --runs \S+ --seed \d --budget-id (\w+)", plan()))
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    overlay = tmp_path / "rows.yaml"
+    overlay.write_text(f"budget:\n  rows: {rows}\n")
+    for seed, budget_id in ((0, ours), (1, ours)):  # both stop at 4 steps: seed 0's up_to is 8
+        pd.DataFrame([{"budget_id": budget_id, "prior": "proposed", "seed": seed, "steps": 4, "settings": "gauss",
+                       "task": "comp90", "image": "a", "psnr": 30.0}]).to_csv(rows / f"s{seed}.csv", index=False)
+    text = plan(str(overlay))
+    trained = set(re.findall(r"train-deq --out results/ci/budget/models/(proposed_s\d+_\d+)\.pt", text))
+    assert trained == {"proposed_s0_4", "proposed_s0_8"}  # seed 1 is read from its committed file
+    assert f"s0.csv has no rows at steps [8] (budget.seeds: seed 0 up to 8); seed 0 is run" in text
+    assert f"--rows results/ci/budget/rows/s0.csv {rows / 's1.csv'} --budget-id {ours}" in text
+    (rows / "s1.csv").write_text((rows / "s1.csv").read_text().replace(ours, "another"))
+    text = plan(str(overlay))
+    assert "has another budget_id" in text and "proposed_s1_4" in text
+
+
 def test_budget_reuses_alls_evaluations_where_its_checkpoint_is_alls_model(tmp_path):
     """At priors.mtdeq.steps (ci: 12) a budget run of the config seed (0) or of a seed of spread.seeds
     (ci: 1) is the model that `all` trained (measured at quick: bit-identical weights, seed 1, 400

@@ -297,17 +297,30 @@ def committed_budget_id(path):
     return None if first is None else first.get("budget_id")
 
 
+def committed_budget_steps(path):
+    """The budgets (steps) that a committed rows CSV holds rows of."""
+    with open(path, newline="") as handle:
+        return {int(row["steps"]) for row in csv.DictReader(handle)}
+
+
 def budget_rows_files():
-    """One rows CSV per seed: the committed one in budget.rows when it is there and was made with this
-    config (same budget_id: another scale's or an older config's rows are not this curve), else this
-    run's."""
+    """One rows CSV per seed: the committed one in budget.rows when it is there, was made with this
+    config (same budget_id: another scale's or an older config's rows are not this curve) and holds
+    every budget of the seed up to its up_to (a seed committed at 400 steps and now asked for 1,600
+    is run on: its run resumes from the state it left), else this run's."""
     files, ours = [], budget_id()
-    for seed in BUDGET_SEEDS:
+    for seed, up_to in BUDGET_SEEDS.items():
         committed = Path(BUDGET["rows"]) / f"s{seed}.csv" if BUDGET["rows"] else None
         if committed is not None and committed.is_file() and committed_budget_id(committed) != ours:
             print(f"budget.rows: {committed} has another budget_id than this config's {ours}; "
                   f"seed {seed} is run again", file=sys.stderr)
             committed = None
+        if committed is not None and committed.is_file():
+            missing = sorted({k for k in BUDGET_STEPS if k <= up_to} - committed_budget_steps(committed))
+            if missing:
+                print(f"budget.rows: {committed} has no rows at steps {missing} (budget.seeds: seed {seed} "
+                      f"up to {up_to}); seed {seed} is run", file=sys.stderr)
+                committed = None
         files.append(str(committed) if committed is not None and committed.is_file()
                      else f"{BUDGET_DIR}/rows/s{seed}.csv")
     return files
