@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from mtdeq.bench.solvers import _default_data
-from mtdeq.bench.testtime import _load_prior, _read
+from mtdeq.bench.testtime import _load_prior, _read, add_timed_forward_args
 
 FLOOR_COLUMNS = ["kind", "name", "forwards", "gmac", "job_s", "s_at_forward_rate", "s_at_gemm_rate", "gmac_per_s",
                  "threads", "cores", "wall_min_at_gemm_rate"]
@@ -138,12 +138,8 @@ def add_floor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", default="results/reference/quick",
                    help="reference folder with per_image.csv and timings.csv (default: quick's blessed one)")
     p.add_argument("--images", default=_default_data("Set5"), help="the test images of per_image.csv (default Set5)")
-    p.add_argument("--prior", default=_default_data("weights/ffdnet_color.pth"), help="prior (default: quick's FFDNet)")
-    p.add_argument("--image", default=_default_data("Set14/barbara.png"), help="image of the timed forward")
-    p.add_argument("--size", type=int, default=512, help="centre crop of the timed forward (default 512)")
+    add_timed_forward_args(p)  # --prior --image --size --repeats --threads (the best pass is kept)
     p.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n matmul (default 2048)")
-    p.add_argument("--repeats", type=int, default=5, help="timed passes, best kept (default 5)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the evaluate jobs)")
     p.add_argument("--cores", type=int, default=2, help="cores of the DAG run, for the wall minutes (default 2)")
     p.add_argument("--out", default="results/bench/floor.csv", help="CSV to write")
 

@@ -53,12 +53,18 @@ def _read(path: str, size: int):
     return _centre_crop(read_image(path).unsqueeze(0), size)
 
 
-def add_eval_args(p: argparse.ArgumentParser) -> None:
+def add_timed_forward_args(p: argparse.ArgumentParser) -> None:
+    """The options of a timed prior forward (bench eval, bench floor): prior, image, crop, repeats, threads."""
     p.add_argument("--prior", default=_default_data("weights/ffdnet_color.pth"), help="prior (default: quick's FFDNet)")
-    p.add_argument("--image", default=_default_data("Set14/barbara.png"), help="image (default Set14 barbara)")
-    p.add_argument("--size", type=int, default=512, help="centre crop (default 512)")
-    p.add_argument("--repeats", type=int, default=5, help="timed passes per layout (default 5)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--image", default=_default_data("Set14/barbara.png"),
+                   help="image of the timed forward (default Set14 barbara)")
+    p.add_argument("--size", type=int, default=512, help="centre crop of the timed forward (default 512)")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes (default 5)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the evaluate jobs)")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    add_timed_forward_args(p)
     p.add_argument("--sigma", type=float, default=25.0, help="denoiser level /255 (default 25)")
     p.add_argument("--out", default="results/bench/eval_layout.csv", help="CSV to write")
 
