@@ -425,9 +425,10 @@ def trend_markdown(changes: pd.DataFrame, fit: pd.DataFrame, scale: str = "") ->
         for r in fit.itertuples(index=False):
             def num(v, fmt):
                 return "—" if pd.isna(v) else format(v, fmt)
+            steps = num(r.steps_to_paper, ",.0f" if pd.isna(r.steps_to_paper) or r.steps_to_paper < 1e9 else ".1e")
             lines.append(f"| {NAMES[r.comparison]} | {r.group} | {r.budgets} | {r.margin_last:+.2f} | "
                          f"{r.slope_per_doubling:+.3f} | {num(r.extrapolated, '+.2f')} | {num(r.paper_margin, '+.2f')} "
-                         f"| {num(r.steps_to_paper, ',.0f')} |")
+                         f"| {steps} |")
     return "\n".join(lines) + "\n"
 
 

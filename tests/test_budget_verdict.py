@@ -127,3 +127,15 @@ def test_trend_says_growing_then_flat_and_the_fit_is_the_line_through_the_seed_m
     assert "## Where does the curve flatten? — scale test" in md
     assert "| Proposed − Gauss | completion | 400 → 1600 | 1 | " in md and "1,074,256 steps" in md
     assert md.index("| Proposed − Gauss | completion | 100 → 400") < md.index("| Proposed − control | completion")
+
+
+def test_steps_to_the_papers_margin_print_in_digits_or_as_a_power_of_ten():
+    """A nearly flat fitted line reaches the paper's margin after an absurd number of steps: the
+    markdown writes it as 1.7e+33, not as 34 digits; a reachable count keeps its digits."""
+    from mtdeq.budget import FIT_COLUMNS, TREND_COLUMNS, trend_markdown
+
+    fit = pd.DataFrame([dict(zip(FIT_COLUMNS, ("proposed-gauss", g, "100/400", 0.1, s, 1e6, 0.2, 0.7, reach)))
+                        for g, s, reach in (("completion", 0.009, 1.742634e33), ("deblurring", 0.3, 123_456.0),
+                                            ("super-resolution", -0.1, float("nan")))])
+    md = trend_markdown(pd.DataFrame(columns=TREND_COLUMNS), fit)
+    assert "| +0.70 | 1.7e+33 |" in md and "| +0.70 | 123,456 |" in md and "| +0.70 | — |" in md
