@@ -2,7 +2,7 @@
 
 ``run_projection`` times one Algorithm 1 step at the size of the config (e.g. config/paper.yaml
 merged over config/config.yaml, ``load_run_config``) with K1 and K2 fixed-point iterations, counts
-the convolution FLOP of one denoiser forward (``_conv_gflop``) and scales both to every training
+the convolution FLOP of one denoiser forward (``mtdeq.bench.floor.conv_macs``) and scales both to every training
 run of the config (see its docstring for the formulas and what is ASSUMED rather than measured).
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mtdeq.bench.floor import conv_macs
 from mtdeq.train.config import DenoiserTrainConfig, DEQTrainConfig, check_value
 from mtdeq.train.denoiser import denoiser_loss
 from mtdeq.train.deq import deq_step
@@ -50,26 +51,6 @@ def load_run_config(path: str, base: str | None) -> dict:
 
     config = read(path)
     return _deep_merge(read(base), config) if base and Path(base).resolve() != Path(path).resolve() else config
-
-
-def _conv_gflop(model: torch.nn.Module, x: torch.Tensor, sigma: float) -> float:
-    """GFLOP (2 per multiply-add) of the convolutions of one forward on x, counted by hooks."""
-    total = [0.0]
-
-    def hook(module, inputs, output):
-        taps = module.kernel_size[0] * module.kernel_size[1]
-        if isinstance(module, torch.nn.ConvTranspose2d):  # each input entry meets taps x C_out/groups weights
-            total[0] += 2.0 * inputs[0].numel() * taps * module.out_channels // module.groups
-        else:  # each output entry sums taps x C_in/groups products
-            total[0] += 2.0 * output.numel() * taps * module.in_channels // module.groups
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    with torch.no_grad():
-        model(x, sigma)
-    for h in handles:
-        h.remove()
-    return total[0] / 1e9
 
 
 def run_projection(args) -> int:
@@ -135,7 +116,7 @@ def run_projection(args) -> int:
     else:  # no training images here: uniform noise crops cost the same
         x = torch.rand(args.measure_batch, 3, crop, crop, generator=step_generator(args.seed, 0)).to(device)
     task = TEST_TASKS["blur1.6"]
-    gflop = _conv_gflop(model, x[:1], 0.05)
+    gflop = 2.0 * conv_macs(model, tuple(x[:1].shape)) / 1e9  # 2 FLOP per multiply-add
 
     def timed_step(k: int) -> float:
         cfg = DEQTrainConfig(out="bench", init="bench", train_dirs=("bench",), n_tasks=1, crop=crop,
