@@ -290,17 +290,12 @@ def budget_seed_evaluations(seed):
             for m, k, settings in runs for task in config["evaluate"]["tasks"]]
 
 
-def committed_budget_id(path):
-    """The budget_id of a committed rows CSV (its first row), or None when it has none."""
+def committed_budget_rows(path):
+    """(budget_id of the first row or None, the set of budgets (steps) with rows) of a committed rows CSV,
+    in one read."""
     with open(path, newline="") as handle:
-        first = next(csv.DictReader(handle), None)
-    return None if first is None else first.get("budget_id")
-
-
-def committed_budget_steps(path):
-    """The budgets (steps) that a committed rows CSV holds rows of."""
-    with open(path, newline="") as handle:
-        return {int(row["steps"]) for row in csv.DictReader(handle)}
+        rows = list(csv.DictReader(handle))
+    return (rows[0].get("budget_id") if rows else None), {int(row["steps"]) for row in rows}
 
 
 def budget_rows_files():
@@ -311,18 +306,19 @@ def budget_rows_files():
     files, ours = [], budget_id()
     for seed, up_to in BUDGET_SEEDS.items():
         committed = Path(BUDGET["rows"]) / f"s{seed}.csv" if BUDGET["rows"] else None
-        if committed is not None and committed.is_file() and committed_budget_id(committed) != ours:
-            print(f"budget.rows: {committed} has another budget_id than this config's {ours}; "
-                  f"seed {seed} is run again", file=sys.stderr)
-            committed = None
         if committed is not None and committed.is_file():
-            missing = sorted({k for k in BUDGET_STEPS if k <= up_to} - committed_budget_steps(committed))
-            if missing:
+            their_id, steps = committed_budget_rows(committed)
+            missing = sorted({k for k in BUDGET_STEPS if k <= up_to} - steps)
+            if their_id != ours:
+                print(f"budget.rows: {committed} has another budget_id than this config's {ours}; "
+                      f"seed {seed} is run again", file=sys.stderr)
+            elif missing:
                 print(f"budget.rows: {committed} has no rows at steps {missing} (budget.seeds: seed {seed} "
                       f"up to {up_to}); seed {seed} is run", file=sys.stderr)
-                committed = None
-        files.append(str(committed) if committed is not None and committed.is_file()
-                     else f"{BUDGET_DIR}/rows/s{seed}.csv")
+            else:
+                files.append(str(committed))
+                continue
+        files.append(f"{BUDGET_DIR}/rows/s{seed}.csv")
     return files
 
 
